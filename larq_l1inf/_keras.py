@@ -20,9 +20,10 @@ def ensure_legacy_keras():
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
 
-    version = getattr(tf.keras, "__version__", "")
-    if not version.startswith("2."):
-        raise ImportError(f"TensorFlow is using Keras {version or '3'}. {_HINT}")
+    module = getattr(tf.keras, "__name__", "")
+    if not module.startswith("tf_keras"):
+        version = getattr(tf.keras, "__version__", "3")
+        raise ImportError(f"TensorFlow is using Keras {version} ({module}). {_HINT}")
     return tf
 
 

@@ -1,0 +1,117 @@
+"""A Keras callback that logs the L1,inf penalty, per-layer norms and alphas, and warms up delta."""
+
+import logging
+import math
+
+from larq_l1inf._keras import tf
+from larq_l1inf.regularizers import (
+    attach,
+    binary_kernel,
+    kernel_rows,
+    penalized_layers,
+    penalty,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["L1InfCallback"]
+
+
+def _data_free_bound_terms(model):
+    """log10 terms of the Theorem 4.2 bound that need no data, if `larq_l1inf.bounds` has them."""
+    try:
+        from larq_l1inf import bounds
+    except ImportError:  # pragma: no cover - the bounds module ships with the package
+        return {}
+    compute = getattr(bounds, "data_free_log10_terms", None)
+    return dict(compute(model)) if compute is not None else {}
+
+
+class L1InfCallback(tf.keras.callbacks.Callback):
+    """Log the penalty per epoch into `logs`, attach the product penalty, warm up delta.
+
+    Every epoch it adds to `logs` (so `History` and a `TensorBoard` callback listed *after*
+    this one record them): `l1inf_penalty`, the total penalty of `larq_l1inf.penalty`;
+    `l1inf_norm/<layer>` ($\\|W_b\\|_{1,\\infty}$) and `l1inf_alpha/<layer>` (mean |latent weight|)
+    per penalized layer; and, with `bounds=True`, the log10 of the Theorem 4.2 bound terms
+    that need no data (`bound/...`). With `warmup_epochs=k`, the penalty's delta rises
+    linearly from 0 at epoch 0 to its full value at epoch k (logged as `l1inf_warmup`).
+
+    It also calls `larq_l1inf.attach(model)`, which `L1InfRegularizer(reduction="product")`
+    needs.
+
+    # Arguments
+    warmup_epochs: epochs of linear warm-up of delta; 0 for none.
+    per_layer: log per-layer norms and alphas.
+    bounds: log the data-free Theorem 4.2 terms.
+
+    !!! example
+        ```python
+        model.fit(x, y, epochs=10, callbacks=[L1InfCallback(warmup_epochs=2),
+                                              tf.keras.callbacks.TensorBoard("logs")])
+        ```
+    """
+
+    def __init__(self, warmup_epochs=0, per_layer=True, bounds=True):
+        super().__init__()
+        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"`warmup_epochs` must be an int >= 0, got {warmup_epochs!r}.")
+        self.warmup_epochs = warmup_epochs
+        self.per_layer = per_layer
+        self.bounds = bounds
+        self._factor = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        if not penalized_layers(model):
+            log.warning("L1InfCallback: the model has no layer with an L1InfRegularizer.")
+        attach(model)
+        if self.warmup_epochs:
+            if self._factor is None:
+                with tf.init_scope():
+                    self._factor = tf.Variable(0.0, trainable=False, name="l1inf_warmup")
+            for _, _, reg in penalized_layers(model):
+                reg.warmup_factor = self._factor
+            # `fit` makes its train function after `set_model`: force one that reads the factor.
+            model.train_function = model.test_function = None
+
+    def _release(self):
+        if self.warmup_epochs and self.model is not None:
+            for _, _, reg in penalized_layers(self.model):
+                reg.warmup_factor = 1.0
+            self.model.train_function = self.model.test_function = None
+
+    def factor(self, epoch):
+        """The warm-up factor of delta at an epoch (0-based)."""
+        if not self.warmup_epochs:
+            return 1.0
+        return min(1.0, epoch / self.warmup_epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._factor is not None:
+            self._factor.assign(self.factor(epoch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        value = float(penalty(self.model))
+        if not math.isfinite(value):
+            log.warning("L1InfCallback: the penalty is %s at epoch %d.", value, epoch)
+        logs["l1inf_penalty"] = value
+        if self.warmup_epochs:
+            logs["l1inf_warmup"] = self.factor(epoch)
+        if self.per_layer:
+            for layer, weight, reg in penalized_layers(self.model):
+                depthwise = weight is getattr(layer, "depthwise_kernel", None)
+                rows = kernel_rows(binary_kernel(weight), depthwise)
+                logs[f"l1inf_norm/{layer.name}"] = float(
+                    tf.reduce_max(tf.reduce_sum(tf.abs(rows), axis=1))
+                )
+                latent = getattr(weight, "latent_variable", weight)
+                logs[f"l1inf_alpha/{layer.name}"] = float(tf.reduce_mean(tf.abs(latent)))
+        if self.bounds:
+            for key, term in _data_free_bound_terms(self.model).items():
+                logs[f"bound/{key}"] = float(term)
+
+    def on_train_end(self, logs=None):
+        self._release()
