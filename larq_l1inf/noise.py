@@ -12,12 +12,10 @@ Keras preprocessing layer (`InputNoise`).
 
 import logging
 import numbers
-import os
 
 import numpy as np
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # larq needs Keras 2 (see _keras.py)
-import tensorflow as tf  # noqa: E402
+from larq_l1inf._keras import tf
 
 log = logging.getLogger(__name__)
 

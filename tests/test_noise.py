@@ -1,13 +1,9 @@
-import os
+import numpy as np
+import pytest
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from larq_l1inf import noise  # noqa: E402
-from larq_l1inf.noise import (  # noqa: E402
+from larq_l1inf import noise
+from larq_l1inf._keras import tf
+from larq_l1inf.noise import (
     InputNoise,
     environmental_noise,
     environmental_noise_loop,
