@@ -1,0 +1,161 @@
+import argparse
+
+import larq as lq
+import numpy as np
+import pytest
+
+from larq_l1inf import deploy, evaluation
+from larq_l1inf._keras import tf
+from larq_l1inf.data import load_digits
+from larq_l1inf.noise import environmental_noise
+
+BINARY = dict(
+    input_quantizer="ste_sign", kernel_quantizer="ste_sign", kernel_constraint="weight_clip",
+    use_bias=False,
+)
+
+
+def toy_bnn(name="toy"):
+    return tf.keras.Sequential(
+        [
+            tf.keras.layers.Input((8, 8, 1)),
+            tf.keras.layers.Conv2D(8, 3, padding="same", use_bias=False),
+            tf.keras.layers.BatchNormalization(),
+            lq.layers.QuantConv2D(16, 3, padding="same", pad_values=1.0, **BINARY),
+            tf.keras.layers.BatchNormalization(),
+            tf.keras.layers.MaxPool2D(2),
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(10, activation="softmax"),
+        ],
+        name=name,
+    )
+
+
+@pytest.fixture(scope="module")
+def setup():
+    (x_train, y_train), (x_test, y_test) = load_digits(size=8, channels=1)
+    tf.keras.utils.set_random_seed(0)
+    model = toy_bnn()
+    model.compile(tf.keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
+    flatbuffer = deploy.convert(model, in_process=True, binarized="raise")
+    return model, flatbuffer, x_test[:120], y_test[:120]
+
+
+class TestNoisyInputs:
+    def test_reproducible_and_chunk_independent(self, monkeypatch):
+        x = np.random.default_rng(0).random((10, 6, 6, 2)).astype(np.float32)
+        a = evaluation.noisy_inputs(x, "environmental", (0.1, 0.2), seed=1, draw=0)
+        b = evaluation.noisy_inputs(x, "environmental", (0.1, 0.2), seed=1, draw=0)
+        c = evaluation.noisy_inputs(x, "environmental", (0.1, 0.2), seed=1, draw=1)
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
+        assert np.all(a[:, 0] == x[:, 0])
+        # one chunk: the same as the noise function with the folded seed
+        s = tf.random.experimental.stateless_fold_in(tf.constant([1, 0], tf.int64), 0)
+        np.testing.assert_array_equal(a, environmental_noise(x, (0.1, 0.2), seed=s).numpy())
+        monkeypatch.setattr(evaluation, "NOISE_CHUNK", 4)
+        d = evaluation.noisy_inputs(x, "environmental", (0.1, 0.2), seed=1, draw=0)
+        assert d.shape == x.shape and np.all(d[:, 0] == x[:, 0])
+
+
+class TestEvaluate:
+    def test_keras_and_flatbuffer_agree(self, setup):
+        model, flatbuffer, x, y = setup
+        r = evaluation.evaluate(model, x, y, flatbuffer=flatbuffer, level=(0.1, 0.2), draws=2,
+                                pgd_epsilon=0.05, pgd_iterations=2)
+        keras, tflite = r.models["keras"], r.models["tflite"]
+        assert keras["clean"] > 0.5  # the toy model learned something
+        assert r.disagreement["clean"] <= 1  # ties may flip one argmax
+        assert abs(keras["clean"] - tflite["clean"]) <= 1 / len(x) + 1e-9
+        assert len(keras["noisy"]) == 2 and len(r.disagreement["noisy"]) == 2
+        assert max(r.disagreement["noisy"]) <= 2
+        # both saw the same adversarial inputs computed on the Keras model
+        assert keras["pgd"] < keras["clean"] and r.disagreement["pgd"] <= 2
+        assert abs(keras["pgd"] - tflite["pgd"]) <= 2 / len(x) + 1e-9
+        assert "Keras vs flatbuffer" in r.summary()
+
+    def test_numbers_match_manual_computation(self, setup):
+        model, _, x, y = setup
+        r = evaluation.evaluate(model, x, y, level=(0.2, 0.4), draws=3, seed=5)
+        manual = []
+        for k in range(3):
+            xn = evaluation.noisy_inputs(x, "environmental", (0.2, 0.4), seed=5, draw=k)
+            manual.append(np.mean(model.predict(xn, verbose=0).argmax(1) == y))
+        m = r.models["keras"]
+        np.testing.assert_allclose(m["noisy"], manual)
+        np.testing.assert_allclose(m["noisy_mean"], np.mean(manual))
+        np.testing.assert_allclose(m["noisy_std"], np.std(manual))
+        assert m["pgd"] is None and r.disagreement is None
+        # per-class accuracies average (weighted by class counts) to the accuracy
+        counts = np.bincount(y, minlength=r.num_classes)
+        np.testing.assert_allclose(
+            np.nansum(np.array(m["per_class"]["clean"]) * counts) / counts.sum(), m["clean"]
+        )
+        assert r.to_dict()["config"]["draws"] == 3
+
+    def test_flatbuffer_alone(self, setup):
+        model, flatbuffer, x, y = setup
+        r = evaluation.evaluate(flatbuffer, x, y, level=0.1, draws=1)
+        assert set(r.models) == {"tflite"}
+        with pytest.raises(ValueError, match="PGD needs gradients"):
+            evaluation.evaluate(flatbuffer, x, y, pgd_epsilon=0.1)
+
+    def test_bad_inputs(self, setup):
+        model, _, x, y = setup
+        with pytest.raises(ValueError, match="Mismatched dataset"):
+            evaluation.evaluate(model, x, y[:-1])
+        with pytest.raises(ValueError, match="expects samples of shape"):
+            evaluation.evaluate(model, np.zeros((4, 9, 9, 1), np.float32), y[:4])
+        with pytest.raises(ValueError, match="draws"):
+            evaluation.evaluate(model, x, y, level=0.1, draws=0)
+        with pytest.raises(TypeError, match="floating"):
+            evaluation.evaluate(model, (x * 16).astype(np.int32), y)
+        with pytest.raises(TypeError, match="tf.keras.Model"):
+            evaluation.sweep({"a": object()}, x, y, [0.1])
+        with pytest.raises(ValueError, match="lo <= hi"):
+            evaluation.evaluate(model, x, y, level=(0.2, 0.1))
+
+
+class TestSweep:
+    def test_csv_and_png(self, setup, tmp_path):
+        model, flatbuffer, x, y = setup
+        levels = [0.0, (0.1, 0.2), (0.5, 1.0)]
+        rows = evaluation.sweep({"keras": model, "lce": flatbuffer}, x, y, levels, draws=2,
+                                csv_path=str(tmp_path / "s.csv"), png_path=str(tmp_path / "s.png"))
+        assert len(rows) == 6
+        back = evaluation.read_csv(str(tmp_path / "s.csv"))
+        assert [r["accuracy_mean"] for r in back] == pytest.approx(
+            [r["accuracy_mean"] for r in rows]
+        )
+        assert (tmp_path / "s.png").stat().st_size > 1000
+        by = {(r["model"], r["level_hi"]): r for r in rows}
+        clean = np.mean(model.predict(x, verbose=0).argmax(1) == y)
+        assert by[("keras", 0.0)]["accuracy_mean"] == pytest.approx(clean)
+        assert by[("keras", 0.0)]["accuracy_std"] == 0
+        # strong noise hurts; both forms of the model see the same inputs
+        assert by[("keras", 1.0)]["accuracy_mean"] < clean
+        assert abs(by[("keras", 1.0)]["accuracy_mean"] - by[("lce", 1.0)]["accuracy_mean"]) < 0.03
+
+
+class TestCLI:
+    def test_register_and_run_sweep(self, setup, tmp_path):
+        model, flatbuffer, _, _ = setup
+        path = str(tmp_path / "toy.tflite")
+        deploy.save_flatbuffer(flatbuffer, path)
+        parser = argparse.ArgumentParser()
+        evaluation.register(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(
+            ["sweep", f"toy={path}", "--size", "8", "--channels", "1", "--limit", "40",
+             "--levels", "0", "0.2", "--draws", "1", "--csv", str(tmp_path / "c.csv"),
+             "--png", str(tmp_path / "c.png")]
+        )
+        assert args.func(args) == 0
+        rows = evaluation.read_csv(str(tmp_path / "c.csv"))
+        assert [r["level_lo"] for r in rows] == [0.0, 0.1]
+        args = parser.parse_args(
+            ["evaluate", path, "--size", "8", "--channels", "1", "--limit", "40", "--draws",
+             "1", "--out", str(tmp_path / "e.json")]
+        )
+        assert args.func(args) == 0
+        assert (tmp_path / "e.json").exists()
