@@ -59,27 +59,23 @@ class L1InfCallback(tf.keras.callbacks.Callback):
         self.warmup_epochs = warmup_epochs
         self.per_layer = per_layer
         self.bounds = bounds
-        self._factor = None
 
     def set_model(self, model):
         super().set_model(model)
         if not penalized_layers(model):
             log.warning("L1InfCallback: the model has no layer with an L1InfRegularizer.")
         attach(model)
-        if self.warmup_epochs:
-            if self._factor is None:
-                with tf.init_scope():
-                    self._factor = tf.Variable(0.0, trainable=False, name="l1inf_warmup")
-            for _, _, reg in penalized_layers(model):
-                reg.warmup_factor = self._factor
-            # `fit` makes its train function after `set_model`: force one that reads the factor.
-            model.train_function = model.test_function = None
 
-    def _release(self):
-        if self.warmup_epochs and self.model is not None:
-            for _, _, reg in penalized_layers(self.model):
-                reg.warmup_factor = 1.0
-            self.model.train_function = self.model.test_function = None
+    def _set_factor(self, factor):
+        """Scale every penalty; a changed factor needs a new train function (it is a constant
+        of the traced step, not a variable, so saved models never capture it)."""
+        changed = False
+        for _, _, reg in penalized_layers(self.model):
+            changed |= reg.warmup_factor != factor
+            reg.warmup_factor = factor
+        if changed:
+            self.model.make_train_function(force=True)
+            self.model.test_function = None
 
     def factor(self, epoch):
         """The warm-up factor of delta at an epoch (0-based)."""
@@ -88,8 +84,8 @@ class L1InfCallback(tf.keras.callbacks.Callback):
         return min(1.0, epoch / self.warmup_epochs)
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self._factor is not None:
-            self._factor.assign(self.factor(epoch))
+        if self.warmup_epochs:
+            self._set_factor(self.factor(epoch))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -114,4 +110,5 @@ class L1InfCallback(tf.keras.callbacks.Callback):
                 logs[f"bound/{key}"] = float(term)
 
     def on_train_end(self, logs=None):
-        self._release()
+        if self.warmup_epochs:
+            self._set_factor(1.0)

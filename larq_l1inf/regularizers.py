@@ -202,6 +202,11 @@ class KernelPenalty(tf.keras.regularizers.Regularizer):
         self.normalize = bool(normalize)
         self.alpha_gradient = bool(alpha_gradient)
         self.quantizer_gradient = bool(quantizer_gradient)
+        if not (self.alpha_gradient or self.quantizer_gradient):
+            log.warning(
+                "%s: alpha_gradient and quantizer_gradient are both off, so the penalty has no "
+                "gradient and only shows up in the logged loss.", type(self).__name__
+            )
         # Linear warm-up factor in [0, 1], set by `L1InfCallback`; a float unless warm-up runs.
         self.warmup_factor = 1.0
 
@@ -246,7 +251,6 @@ class KernelPenalty(tf.keras.regularizers.Regularizer):
         }
 
 
-@lq.utils.register_alias("l1inf")
 @lq.utils.register_keras_custom_object
 class L1InfRegularizer(KernelPenalty):
     """The L1,inf-norm penalty of Zheng et al. on a larq quantized kernel.
@@ -345,6 +349,21 @@ class L1InfRegularizer(KernelPenalty):
 
     def get_config(self):
         return {**super().get_config(), "reduction": self.reduction}
+
+
+def _register_string_identifiers(cls, *names):
+    """Make `kernel_regularizer="l1inf"` yield an instance, as `"l2"` does in Keras.
+
+    Keras turns a string into an *instance* only for names in its regularizers module (a name
+    in the custom-object registry comes back as the class), so the alias is added there.
+    """
+    from tf_keras.src import regularizers as keras_regularizers
+
+    for name in names:
+        setattr(keras_regularizers, name, cls)
+
+
+_register_string_identifiers(L1InfRegularizer, "l1inf")
 
 
 def penalized_layers(model):
