@@ -100,6 +100,8 @@ def retention_matrix(front, back):
         - [Shang et al., Lipschitz Continuity Retained Binary Neural Network, ECCV 2022,
           eq. 10](https://arxiv.org/abs/2207.06540)
     """
+    front = tf.convert_to_tensor(front)
+    back = tf.cast(tf.convert_to_tensor(back), front.dtype)
     front = _pool_to(front, back)
     f = _spatial_flatten(front)
     b = _spatial_flatten(back)
@@ -128,6 +130,7 @@ def top_eigenvalue(k, iterations=1):
     """
     if int(iterations) < 1:
         raise ValueError(f"`iterations` must be >= 1, got {iterations}.")
+    k = tf.convert_to_tensor(k)
     v = tf.ones(tf.stack([tf.shape(k)[0], tf.shape(k)[1], 1]), dtype=k.dtype)
     norm = None
     for _ in range(int(iterations)):
@@ -172,7 +175,8 @@ def lcr_loss(student_stages, teacher_stages, beta=2.0, iterations=1):
     n = len(student_stages)
     total = 0.0
     for i in range(n - 1):
-        s_f, s_b = student_stages[i], student_stages[i + 1]
+        s_f = tf.convert_to_tensor(student_stages[i])
+        s_b = tf.convert_to_tensor(student_stages[i + 1])
         t_f = tf.stop_gradient(teacher_stages[i])
         t_b = tf.stop_gradient(teacher_stages[i + 1])
         for s, t in ((s_f, t_f), (s_b, t_b)):
@@ -222,8 +226,9 @@ class LCRModel(tf.keras.Model):
 
     so kernel regularizers of the student, e.g. `L1InfRegularizer`, are active in the same
     `fit` ("LCR + ours"). `fit` logs `loss` (the total), `lcr_loss` (`lam * L_LCR`) and
-    `penalty` (`sum(student.losses)`). Inference (`predict`, `evaluate`, `call`) runs only the
-    student; save or convert `lcr_model.student`.
+    `penalty` (`sum(student.losses)`); `evaluate` computes the same three (student in
+    inference mode). `predict` and `call` run only the student; save or convert
+    `lcr_model.student`.
 
     !!! example
         ```python
@@ -319,12 +324,9 @@ class LCRModel(tf.keras.Model):
                 initializer="ones",
                 trainable=True,
             )
+        # Metric attributes are tracked by Keras: they appear in `metrics` and reset per epoch.
         self._lcr_tracker = tf.keras.metrics.Mean(name="lcr_loss")
         self._penalty_tracker = tf.keras.metrics.Mean(name="penalty")
-
-    @property
-    def metrics(self):
-        return super().metrics + [self._lcr_tracker, self._penalty_tracker]
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
@@ -372,13 +374,16 @@ class LCRModel(tf.keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
+        # Same loss as training (so `val_loss` is comparable), with the student in inference mode.
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
-        logits = self.student(x, training=False)
+        logits, lcr = self.lcr_forward(x, training=False)
         self.compiled_loss(
-            y, logits, sample_weight, regularization_losses=list(self.student.losses)
+            y, logits, sample_weight, regularization_losses=list(self.student.losses) + [lcr]
         )
+        self._lcr_tracker.update_state(lcr)
+        self._penalty_tracker.update_state(self._student_penalty())
         self.compiled_metrics.update_state(y, logits, sample_weight)
-        return {m.name: m.result() for m in super().metrics}
+        return {m.name: m.result() for m in self.metrics}
 
     def get_config(self):
         return {

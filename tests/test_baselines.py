@@ -1,10 +1,10 @@
 """Baseline penalties (L1, spectral, Absum) against independent NumPy loop implementations."""
 
+import larq_l1inf  # noqa: F401,I001  (first: sets TF_USE_LEGACY_KERAS before larq imports TF)
 import larq as lq
 import numpy as np
 import pytest
 
-import larq_l1inf  # noqa: F401  (Keras 2 before TF)
 from larq_l1inf._keras import tf
 from larq_l1inf.baselines import (
     AbsumRegularizer,
