@@ -146,47 +146,53 @@ def _draw_environmental(n, dims, points, lo, hi, prob, seed, dtype):
     """Draw Algorithm 1's random quantities for `n` samples.
 
     # Returns
-    `(positions, shifts)`: `positions` is a list with one int32 `(n, points)` tensor per
-    spatial axis (values in `1..d-2`), `shifts` a `(n, points)` tensor, equal to the drawn
-    epsilon where the draw is kept and 0 where it is dropped.
+    `(cells, shifts)`: `cells` is an int32 `(n, points)` tensor of interior cells, the
+    row-major index into the interior grid of shape `[d - 2 for d in dims]`; `shifts` a
+    `(n, points)` tensor, equal to the drawn epsilon where the draw is kept and 0 where it
+    is dropped.
     """
-    seeds = _sub_seeds(seed, len(dims) + 2)
+    s_cell, s_keep = _sub_seeds(seed, 2)
     shape = tf.stack([n, points])
-    positions = [
-        tf.random.stateless_uniform(shape, s, minval=1, maxval=d - 1, dtype=tf.int32)
-        for s, d in zip(seeds, dims)
-    ]
-    # `np.random.random() <= 0.5` in the appendix; u in [0, 1) and `<` makes prob=0 keep none.
-    keep = tf.random.stateless_uniform(shape, seeds[-2], dtype=dtype) < prob
-    if lo == hi:
-        eps = tf.fill(shape, tf.constant(lo, dtype))
-    else:
-        # method.md: epsilon ~ U[lo, hi], one draw per kept position.
-        eps = tf.random.stateless_uniform(shape, seeds[-1], minval=lo, maxval=hi, dtype=dtype)
-    shifts = tf.where(keep, eps, tf.zeros_like(eps))
-    return positions, shifts
+    # One uniform cell of the interior grid = independent uniform row 1..h-2 and col 1..w-2.
+    cells = tf.random.stateless_uniform(
+        shape, s_cell, minval=0, maxval=int(np.prod([d - 2 for d in dims])), dtype=tf.int32
+    )
+    if prob == 0.0:
+        return cells, tf.zeros(shape, dtype)
+    # keep: u < prob (`np.random.random() <= 0.5` in the appendix). Given keep, u / prob is
+    # U[0, 1) and independent of the keep decision, so it draws epsilon ~ U[lo, hi] per kept
+    # draw (method.md) from the same uniform, saving a random tensor of n * P values.
+    u = tf.random.stateless_uniform(shape, s_keep, dtype=dtype)
+    eps = lo + (hi - lo) * tf.minimum(u / prob, 1.0)
+    shifts = tf.where(u < prob, eps, tf.zeros_like(eps))
+    return cells, shifts
 
 
-def _apply_point_shifts(x, positions, shifts):
-    """Add `shifts[i, p]` to every channel of sample i at position `positions[:][i, p]`.
+def _cells_to_positions(cells, dims):
+    """Per-axis positions (1..d-2) of interior cells, as NumPy arrays."""
+    inner = [d - 2 for d in dims]
+    return [p + 1 for p in np.unravel_index(np.asarray(cells), inner)]
 
-    Vectorized scatter-add: a position drawn twice is shifted twice, as the appendix's
-    loop does. No clipping (method.md).
+
+def _apply_point_shifts(x, cells, shifts):
+    """Add `shifts[i, p]` to every channel of sample i at interior cell `cells[i, p]`.
+
+    Vectorized scatter-add into the interior grid, then padded by the untouched border: a
+    cell drawn twice is shifted twice, as the appendix's loop does. No clipping (method.md).
     """
     x = tf.convert_to_tensor(x)
     dims = list(x.shape[1:-1])
+    inner = [d - 2 for d in dims]
+    size = int(np.prod(inner))
     n = tf.shape(x)[0]
-    size = int(np.prod(dims))
-    flat = tf.zeros_like(positions[0], dtype=tf.int64)
-    for pos, d in zip(positions, dims):
-        flat = flat * d + tf.cast(pos, tf.int64)
-    flat += tf.cast(tf.range(n), tf.int64)[:, None] * size
+    flat = tf.cast(cells, tf.int64) + tf.cast(tf.range(n), tf.int64)[:, None] * size
     delta = tf.math.unsorted_segment_sum(
         tf.reshape(tf.cast(shifts, x.dtype), [-1]),
         tf.reshape(flat, [-1]),
         tf.cast(n, tf.int64) * size,
     )
-    delta = tf.reshape(delta, tf.concat([[n], dims, [1]], axis=0))
+    delta = tf.reshape(delta, tf.concat([[n], inner, [1]], axis=0))
+    delta = tf.pad(delta, [[0, 0]] + [[1, 1]] * len(dims) + [[0, 0]])
     return x + delta
 
 
@@ -248,10 +254,8 @@ def environmental_noise(x, epsilon, points=None, prob=0.5, seed=None):
     lo, hi, _ = _check_epsilon(epsilon)
     points = _check_points(points, dims)
     prob = _check_prob(prob)
-    positions, shifts = _draw_environmental(
-        tf.shape(x)[0], dims, points, lo, hi, prob, seed, x.dtype
-    )
-    return _apply_point_shifts(x, positions, shifts)
+    cells, shifts = _draw_environmental(tf.shape(x)[0], dims, points, lo, hi, prob, seed, x.dtype)
+    return _apply_point_shifts(x, cells, shifts)
 
 
 def environmental_noise_loop(x, epsilon, points=None, prob=0.5, rng=None):

@@ -94,23 +94,31 @@ class TestEnvironmentalSemantics:
         x = rng.random((5, 6, 7, 3))
         for dims in ([6, 7], [6]):
             xs = x if len(dims) == 2 else x[:, :, 0, :]
-            positions = [rng.integers(1, d - 1, size=(5, 40)) for d in dims]
+            cells = rng.integers(0, np.prod([d - 2 for d in dims]), size=(5, 40))
+            positions = noise._cells_to_positions(cells, dims)
+            assert min(p.min() for p in positions) == 1
+            assert all(p.max() == d - 2 for p, d in zip(positions, dims))
             shifts = rng.uniform(0.1, 0.2, size=(5, 40)) * (rng.random((5, 40)) < 0.5)
-            got = noise._apply_point_shifts(tf.constant(xs), positions, shifts).numpy()
+            got = noise._apply_point_shifts(tf.constant(xs), cells, shifts).numpy()
             want = noise._apply_point_shifts_loop(xs, positions, shifts)
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
     def test_drawn_quantities(self):
-        positions, shifts = noise._draw_environmental(
+        cells, shifts = noise._draw_environmental(
             1000, [8, 5], 7, 0.05, 0.1, 0.5, 9, tf.float32
         )
-        rows, cols = positions[0].numpy(), positions[1].numpy()
+        rows, cols = noise._cells_to_positions(cells.numpy(), [8, 5])
         assert rows.min() == 1 and rows.max() == 6
         assert cols.min() == 1 and cols.max() == 3
         s = shifts.numpy()
         kept = s != 0
         assert abs(kept.mean() - 0.5) < 0.02
         assert s[kept].min() >= 0.05 and s[kept].max() <= 0.1
+        # epsilon ~ U[0.05, 0.1] on kept draws: mean 0.075, std 0.05 / sqrt(12)
+        assert abs(s[kept].mean() - 0.075) < 0.001
+        assert abs(s[kept].std() - 0.05 / np.sqrt(12)) < 0.001
+        # every row/col pair appears (uniform over the 6 x 3 interior)
+        assert len(set(zip(rows.ravel(), cols.ravel()))) == 18
 
     def test_no_clipping_and_dtype(self):
         x = np.ones((4, 5, 5, 2), np.float64)
