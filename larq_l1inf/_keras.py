@@ -20,7 +20,8 @@ def ensure_legacy_keras():
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
 
-    module = getattr(tf.keras, "__name__", "")
+    # tf.keras is a lazy loader; the module of its Layer class says which Keras it resolved to.
+    module = tf.keras.layers.Layer.__module__
     if not module.startswith("tf_keras"):
         version = getattr(tf.keras, "__version__", "3")
         raise ImportError(f"TensorFlow is using Keras {version} ({module}). {_HINT}")

@@ -1,0 +1,58 @@
+"""The package itself: the Keras-2 guard on import, the public names, the README's snippets."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+import larq_l1inf
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_python(code, **env):
+    environment = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    environment.update(env, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
+                          timeout=300)
+
+
+class TestKerasGuard:
+    def test_import_first_selects_keras_2(self):
+        result = run_python(
+            "import os, larq_l1inf, tensorflow as tf; "
+            "print(os.environ['TF_USE_LEGACY_KERAS'], tf.keras.layers.Layer.__module__.split('.')[0])"
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["1", "tf_keras"]
+
+    def test_keras_3_already_active_is_a_clear_error(self):
+        result = run_python("import tensorflow as tf; tf.keras.layers; import larq_l1inf")
+        assert result.returncode != 0
+        assert "TF_USE_LEGACY_KERAS=1" in result.stderr and "Keras 3" in result.stderr
+
+
+class TestPublicApi:
+    def test_all_names_resolve(self):
+        for name in larq_l1inf.__all__:
+            assert getattr(larq_l1inf, name) is not None
+
+    def test_unknown_attribute(self):
+        with pytest.raises(AttributeError):
+            larq_l1inf.no_such_thing  # noqa: B018
+
+
+def readme_snippets():
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("index", range(len(readme_snippets())))
+def test_readme_snippet_runs_as_written(index, tmp_path):
+    code = readme_snippets()[index]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600)
+    assert result.returncode == 0, f"README snippet {index} failed:\n{code}\n{result.stderr[-3000:]}"
