@@ -1,0 +1,157 @@
+"""Give larq-zoo models the L1,inf penalty on their binary convolutions, weights preserved.
+
+Nothing of larq-zoo is copied: a patched model is larq-zoo's own model with a
+`kernel_regularizer` (e.g. `L1InfRegularizer`) set on every binary layer, picked as larq
+does (kernel quantizer with `precision == 1`, not `NoOp`; `larq.layers_base._is_binary`).
+
+Two ways, both exact (same weights, same outputs, the model trains, saves, loads and converts):
+
+- `patch_model(model, regularizer)` (default, in place): sets `layer.kernel_regularizer` and
+  registers the layer loss exactly as Keras' `add_weight(regularizer=...)` would have at build
+  time, so `model.losses` carries the penalty now and `get_config` (hence save/load) carries the
+  regularizer afterwards. No variable is created or copied, so weights are untouched by
+  construction, also for a model the user built and trained already.
+- `patch_model(model, regularizer, clone=True)`: a new model rebuilt from the layers' configs
+  with the regularizer set (`tf.keras.models.clone_model`), then `set_weights` from the old
+  one. Use it to keep the original model unpenalized, or to replace a regularizer a layer
+  already has.
+
+`zoo_patches.literature.<Model>` and `zoo_patches.sota.<Model>` wrap every larq-zoo model
+factory: same arguments plus `kernel_regularizer=`.
+
+!!! example
+    ```python
+    import larq_l1inf
+    import zoo_patches
+    model = zoo_patches.sota.QuickNetSmall(
+        input_shape=(32, 32, 3), num_classes=10, weights=None,
+        kernel_regularizer=larq_l1inf.L1InfRegularizer(5e-3),
+    )
+    assert larq_l1inf.penalty(model).shape == ()
+    ```
+"""
+
+import logging
+
+import larq as lq
+
+from larq_l1inf._keras import tf
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ZOO_MODELS", "binary_layers", "literature", "patch_model", "sota"]
+
+# (weight attribute, quantizer attribute, regularizer attribute) of larq's quantized layers.
+_KERNELS = (
+    ("kernel", "kernel_quantizer", "kernel_regularizer"),
+    ("depthwise_kernel", "depthwise_quantizer", "depthwise_regularizer"),
+)
+
+
+def _is_binary(quantizer):
+    # As larq.layers_base._is_binary: precision 1 and not a NoOp tag.
+    return getattr(quantizer, "precision", None) == 1 and not isinstance(quantizer, lq.quantizers.NoOp)
+
+
+def _all_layers(model):
+    seen, layers = set(), []
+    for layer in model.submodules:
+        if isinstance(layer, tf.keras.layers.Layer) and id(layer) not in seen:
+            seen.add(id(layer))
+            layers.append(layer)
+    return layers
+
+
+def binary_layers(model):
+    """`(layer, weight_attr, regularizer_attr)` for every binary kernel of a model.
+
+    Binary = the kernel's quantizer has `precision == 1` (and is not `NoOp`), the rule larq
+    uses; nested models are searched too.
+    """
+    found = []
+    for layer in _all_layers(model):
+        for weight_attr, quantizer_attr, reg_attr in _KERNELS:
+            if hasattr(layer, reg_attr) and _is_binary(getattr(layer, quantizer_attr, None)):
+                found.append((layer, weight_attr, reg_attr))
+    return found
+
+
+def _check(model, regularizer):
+    if not isinstance(model, tf.keras.Model):
+        raise TypeError(f"patch_model needs a tf.keras.Model (tf_keras), got {type(model).__name__}.")
+    if not callable(regularizer):
+        raise TypeError(
+            f"`regularizer` must be a Keras regularizer such as L1InfRegularizer(5e-3), got {regularizer!r}."
+        )
+    if not model.built:
+        raise ValueError("The model is not built; build it (call it once or give an Input) before patching.")
+
+
+def _patch_in_place(model, regularizer, layers):
+    for layer, weight_attr, reg_attr in layers:
+        existing = getattr(layer, reg_attr)
+        if existing is regularizer:
+            continue
+        if existing is not None:
+            raise ValueError(
+                f"Layer '{layer.name}' already has {reg_attr}={existing!r}; patching in place "
+                "cannot remove its loss. Use patch_model(model, regularizer, clone=True) to "
+                "rebuild the model with the new regularizer instead."
+            )
+        setattr(layer, reg_attr, regularizer)
+        # What Keras' add_weight(regularizer=...) does at build time: register the layer loss.
+        layer._handle_weight_regularization(weight_attr, getattr(layer, weight_attr), regularizer)
+    # Compiled train/test functions traced before the patch would miss the new losses.
+    model.train_function = model.test_function = model.predict_function = None
+    return model
+
+
+def _patch_clone(model, regularizer, layers):
+    targets = {id(layer): reg_attr for layer, _, reg_attr in layers}
+
+    def clone_function(layer):
+        config = layer.get_config()
+        if id(layer) in targets:
+            config[targets[id(layer)]] = tf.keras.regularizers.serialize(regularizer)
+        return layer.__class__.from_config(config)
+
+    clone = tf.keras.models.clone_model(model, clone_function=clone_function)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def patch_model(model, regularizer, clone=False):
+    """Put `regularizer` on every binary kernel of a built Keras model (e.g. a larq-zoo model).
+
+    # Arguments
+    model: a built `tf.keras.Model`.
+    regularizer: the kernel regularizer, e.g. `larq_l1inf.L1InfRegularizer(5e-3)`; one
+        instance is shared by all binary layers.
+    clone: False to patch in place (weights untouched); True to return a rebuilt copy with
+        the weights copied (functional and Sequential models only, as `clone_model`).
+
+    # Returns
+    The patched model (the same object unless `clone=True`).
+
+    # Raises
+    TypeError: for a non-Keras model or a non-callable regularizer.
+    ValueError: for an unbuilt model, or (in place) a binary layer that already has another
+        regularizer.
+    """
+    _check(model, regularizer)
+    layers = binary_layers(model)
+    if not layers:
+        log.warning("patch_model: '%s' has no binary layer (precision == 1); nothing to patch.", model.name)
+        return model
+    if clone:
+        return _patch_clone(model, regularizer, layers)
+    return _patch_in_place(model, regularizer, layers)
+
+
+from zoo_patches import literature, sota  # noqa: E402
+
+#: "literature.BiRealNet" / "sota.QuickNet" ... -> patched factory.
+ZOO_MODELS = {
+    **{f"literature.{name}": getattr(literature, name) for name in literature.__all__},
+    **{f"sota.{name}": getattr(sota, name) for name in sota.__all__},
+}

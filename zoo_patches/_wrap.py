@@ -1,0 +1,30 @@
+"""Build patched wrappers of larq-zoo factories without copying them."""
+
+import functools
+
+
+def patched(factory):
+    """Wrap a larq-zoo factory: same arguments plus `kernel_regularizer=` (None: unpatched)."""
+
+    @functools.wraps(factory)
+    def build(*args, kernel_regularizer=None, **kwargs):
+        from zoo_patches import patch_model
+
+        model = factory(*args, **kwargs)
+        if kernel_regularizer is None:
+            return model
+        return patch_model(model, kernel_regularizer)
+
+    build.__doc__ = (
+        f"larq-zoo's `{factory.__module__}.{factory.__name__}` with `kernel_regularizer` on every "
+        "binary layer (see `zoo_patches.patch_model`). Takes larq-zoo's arguments plus "
+        "`kernel_regularizer=`; weights are larq-zoo's, untouched.\n\n" + (factory.__doc__ or "")
+    )
+    return build
+
+
+def wrap_module(source, namespace):
+    """Put a patched wrapper of every name in `source.__all__` into `namespace`."""
+    for name in source.__all__:
+        namespace[name] = patched(getattr(source, name))
+    return list(source.__all__)
