@@ -1,0 +1,202 @@
+"""Training cost per step of the penalties on one ResNet-20-style BNN, interleaved in one run.
+
+Compared (same model, same batch, same optimizer): no penalty, L1,inf (`L1InfRegularizer`,
+default settings), L1, L2 (spectral norm), L-inf (Absum), LCR (`LCRModel`: one student pass
+with its stage outputs, plus the full-precision teacher's forward pass up to its last stage,
+inference mode, no gradient; the teacher's pass is counted, it is the extra cost LCR pays)
+and LCR + L1,inf. Each repeat times `--steps` training steps of every method in a shuffled
+order; the figure per method is the median over repeats of the mean step time, reported as a
+ratio to no penalty. Per-epoch time is seconds per step times `ceil(--epoch-size / --batch)`.
+
+    python benchmarks/training_cost.py --batch 128 --steps 5 --repeats 3
+
+The model: a float 3x3 stem (16 channels), three stages of three basic blocks (16, 32, 64
+channels) with binary 3x3 convolutions (`ste_sign` inputs and kernels, `weight_clip`), batch
+norm, identity shortcuts (average pool + float 1x1 conv when the shape changes), global
+average pooling and a float classifier: 18 binary convolutions, as in the ResNet-20 used for
+LCR's CIFAR-10 experiments. Data are random tensors held in memory (the input pipeline is
+not measured). SGD with momentum 0.9, as the paper trains.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import larq_l1inf  # noqa: E402,I001  (first: Keras 2 before larq imports TF)
+import larq as lq  # noqa: E402
+
+from larq_l1inf._keras import tf  # noqa: E402
+from larq_l1inf.baselines import (  # noqa: E402
+    AbsumRegularizer,
+    L1Regularizer,
+    SpectralNormRegularizer,
+)
+from larq_l1inf.lcr import LCRModel  # noqa: E402
+
+STAGES = ["stage1", "stage2", "stage3"]
+METHODS = ["none", "l1inf", "l1", "l2", "linf", "lcr", "lcr+l1inf"]
+
+
+def resnet20(binary=True, regularizer=None, num_classes=10, input_shape=(32, 32, 3), name=None):
+    """ResNet-20-style network; `binary=False` gives the same architecture in full precision."""
+    q = (dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+              kernel_constraint="weight_clip", kernel_regularizer=regularizer)
+         if binary else {})
+    inp = tf.keras.Input(input_shape)
+    x = tf.keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(inp)
+    x = tf.keras.layers.BatchNormalization()(x)
+    filters_in = 16
+    for s, filters in enumerate((16, 32, 64)):
+        for b in range(3):
+            strides = 2 if (b == 0 and s > 0) else 1
+            shortcut = x
+            if strides != 1 or filters != filters_in:
+                shortcut = tf.keras.layers.AveragePooling2D(strides)(shortcut)
+                shortcut = tf.keras.layers.Conv2D(filters, 1, use_bias=False)(shortcut)
+                shortcut = tf.keras.layers.BatchNormalization()(shortcut)
+            y = x
+            for c in range(2):
+                y = lq.layers.QuantConv2D(filters, 3, strides=strides if c == 0 else 1,
+                                          padding="same", pad_values=1.0 if binary else 0.0,
+                                          use_bias=False, **q)(y)
+                y = tf.keras.layers.BatchNormalization()(y)
+                if c == 0 and not binary:
+                    y = tf.keras.layers.Activation("relu")(y)
+            x = tf.keras.layers.Add()([y, shortcut])
+            if b == 2:  # stage output, tapped by LCR
+                x = tf.keras.layers.Activation("linear", name=STAGES[s])(x)
+            filters_in = filters
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    out = tf.keras.layers.Dense(num_classes)(x)
+    return tf.keras.Model(inp, out, name=name or ("bnn20" if binary else "fp20"))
+
+
+def build(method, input_shape, num_classes, lcr_lam):
+    regs = {
+        "none": None,
+        "l1inf": larq_l1inf.L1InfRegularizer(5e-3),
+        "l1": L1Regularizer(5e-3),
+        "l2": SpectralNormRegularizer(5e-3),
+        "linf": AbsumRegularizer(5e-3),
+        "lcr": None,
+        "lcr+l1inf": larq_l1inf.L1InfRegularizer(5e-3),
+    }
+    student = resnet20(True, regs[method], num_classes, input_shape)
+    model = student
+    if method.startswith("lcr"):
+        teacher = resnet20(False, None, num_classes, input_shape)
+        model = LCRModel(student, teacher, STAGES, lam=lcr_lam)
+    model.compile(tf.keras.optimizers.SGD(0.1, momentum=0.9),
+                  tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--size", type=int, default=32, help="input height = width")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per method per repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after tracing")
+    p.add_argument("--epoch-size", type=int, default=50000, help="samples per epoch (CIFAR-10)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--lcr-lam", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results/training_cost.json")
+    args = p.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or "none" not in methods:
+        p.error(f"--methods must include 'none' and come from {METHODS}; unknown: {unknown}")
+    if min(args.batch, args.size, args.steps, args.repeats) < 1:
+        p.error("--batch, --size, --steps and --repeats must be >= 1")
+
+    tf.keras.utils.set_random_seed(args.seed)
+    shape = (args.size, args.size, 3)
+    x = tf.constant(np.random.RandomState(args.seed).rand(args.batch, *shape), tf.float32)
+    y = tf.constant(np.random.RandomState(args.seed + 1).randint(0, 10, args.batch))
+    data = tf.data.Dataset.from_tensors((x, y)).repeat()
+
+    runners = {}
+    for m in methods:
+        t0 = time.perf_counter()
+        model = build(m, shape, 10, args.lcr_lam)
+        step = model.make_train_function()
+        it = iter(data)
+        for _ in range(1 + args.warmup):  # first call traces
+            logs = step(it)
+        float(logs["loss"])
+        runners[m] = (model, step, it)
+        print(f"built+traced {m:10s} in {time.perf_counter() - t0:6.1f}s", flush=True)
+
+    times = {m: [] for m in methods}
+    rng = np.random.RandomState(args.seed)
+    for r in range(args.repeats):
+        order = list(rng.permutation(methods))
+        for m in order:
+            _, step, it = runners[m]
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                logs = step(it)
+            loss = float(logs["loss"])  # waits for the last step
+            dt = (time.perf_counter() - t0) / args.steps
+            if not math.isfinite(loss):
+                raise RuntimeError(f"{m}: non-finite loss {loss}")
+            times[m].append(dt)
+        print(f"repeat {r + 1}/{args.repeats}: " + "  ".join(
+            f"{m}={times[m][-1]:.3f}s" for m in methods), flush=True)
+
+    steps_per_epoch = math.ceil(args.epoch_size / args.batch)
+    base = float(np.median(times["none"]))
+    results = {}
+    for m in methods:
+        med = float(np.median(times[m]))
+        results[m] = {
+            "seconds_per_step_median": med,
+            "seconds_per_step_all": times[m],
+            "ratio_to_none": med / base,
+            "seconds_per_epoch": med * steps_per_epoch,
+        }
+    if "lcr" in results and "l1inf" in results:
+        lcr_vs_ours = results["lcr"]["seconds_per_step_median"] / \
+            results["l1inf"]["seconds_per_step_median"]
+    else:
+        lcr_vs_ours = None
+    report = {
+        "benchmark": "training_cost",
+        "command": "python benchmarks/training_cost.py " + " ".join(argv or sys.argv[1:]),
+        "config": {**vars(args), "methods": methods, "steps_per_epoch": steps_per_epoch,
+                   "model": "ResNet-20-style BNN, 18 binary 3x3 convs, float stem/shortcuts/head"},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "tensorflow": tf.__version__, "larq": lq.__version__ if hasattr(
+                        lq, "__version__") else "0.14",
+                    "loadavg_at_end": os.getloadavg()},
+        "results": results,
+        "lcr_over_l1inf": lcr_vs_ours,
+        "counted": "one full training step (forward, loss, backward, SGD update) via "
+                   "Model.make_train_function; LCR includes its teacher forward pass",
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\n{'method':10s} {'s/step':>8s} {'ratio':>7s} {'s/epoch':>9s}")
+    for m in methods:
+        r = results[m]
+        print(f"{m:10s} {r['seconds_per_step_median']:8.3f} {r['ratio_to_none']:7.3f} "
+              f"{r['seconds_per_epoch']:9.1f}")
+    if lcr_vs_ours is not None:
+        print(f"LCR / L1,inf = {lcr_vs_ours:.3f}  (paper: 66:37 / 56:08 = 1.19)")
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
