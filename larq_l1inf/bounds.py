@@ -62,13 +62,19 @@ def _kernel_of(layer):
     return None, False
 
 
-def _all_layers(model):
-    """Layers of a model, nested models flattened, in the model's order."""
+def _all_layers(model, seen=None):
+    """Layers of a model, nested models flattened (each layer once), in the model's order.
+
+    An `LCRModel` stands for its student (its teacher is not the network being bounded).
+    """
+    model = getattr(model, "student", model)
+    seen = set() if seen is None else seen
     out = []
     for layer in model.layers:
         if isinstance(layer, tf.keras.Model):
-            out.extend(_all_layers(layer))
-        else:
+            out.extend(_all_layers(layer, seen))
+        elif id(layer) not in seen:
+            seen.add(id(layer))
             out.append(layer)
     return out
 
@@ -167,27 +173,30 @@ def data_free_log10_terms(model, classes=None):
         classes: `(C1, C2)` class indices, or `None` for the pair with the largest term.
 
     # Returns
-        dict with `log10_alpha` (sum of log10 alpha_l over layers 1..L-1),
-        `log10_l1inf` (sum of log10 ||W_b^l||_{1,inf}), `log10_output`
-        (log10 ||W^L_{C1} - W^L_{C2}||_1), `log10_data_free` (their sum), `classes` (the
-        pair used) and `num_layers` (L-1).
-
-    # Raises
-        ValueError: if the model has no binary layer before its classifier.
+        dict of plain numbers (a callback can log every value): `log10_alpha` (sum of
+        log10 alpha_l over layers 1..L-1), `log10_l1inf` (sum of log10 ||W_b^l||_{1,inf}),
+        `log10_output` (log10 ||W^L_{C1} - W^L_{C2}||_1), `log10_data_free` (their sum),
+        `class_1`, `class_2` (the pair used) and `num_layers` (L-1). Empty, with a warning,
+        for a model without binary layers before its classifier (so a logging callback does
+        not stop training); `theorem_4_2` raises in that case.
     """
-    hidden, out = _hidden(model)
+    try:
+        hidden, out = _hidden(model)
+    except ValueError as e:
+        log.warning("data_free_log10_terms: %s", e)
+        return {}
     if not hidden:
-        raise ValueError(
-            "The model has no binary layer (binary kernel quantizer) before its classifier; "
-            "Theorem 4.2 is about binary layers."
-        )
+        log.warning("data_free_log10_terms: the model has no binary layer before its "
+                    "classifier; Theorem 4.2 is about binary layers. Nothing to log.")
+        return {}
     stats = [_layer_stats(layer) for layer in hidden]
     out_value, pair = _output_term(out, classes)
     terms = {
         "log10_alpha": float(sum(s[0] for s in stats)),
         "log10_l1inf": float(sum(s[1] for s in stats)),
         "log10_output": _log10(out_value, "the output-layer term"),
-        "classes": pair,
+        "class_1": pair[0],
+        "class_2": pair[1],
         "num_layers": len(hidden),
     }
     terms["log10_data_free"] = terms["log10_alpha"] + terms["log10_l1inf"] + terms["log10_output"]
@@ -195,6 +204,7 @@ def data_free_log10_terms(model, classes=None):
 
 
 def _layer_inputs(model, layers, x_batch):
+    model = getattr(model, "student", model)
     taps = tf.keras.Model(model.inputs, [layer.input for layer in layers])
     outs = taps(x_batch, training=False)
     if not isinstance(outs, (list, tuple)):
@@ -231,6 +241,11 @@ def theorem_4_2(model, x_batch, eps, classes=None, beta="data"):
         raise ValueError(f"`beta` must be one of {_BETA_MODES}, got {beta!r}.")
     if not float(eps) > 0:
         raise ValueError(f"`eps` must be > 0 (the L-inf size of the noise), got {eps}.")
+    if not _hidden(model)[0]:
+        raise ValueError(
+            "The model has no binary layer (binary kernel quantizer) before its classifier; "
+            "Theorem 4.2 is about binary layers."
+        )
     terms = data_free_log10_terms(model, classes)
     if beta == "data":
         hidden, _ = _hidden(model)
@@ -251,6 +266,7 @@ def margin_change(model, x, x_noisy, classes=None):
     # Returns
         dict with `value`, `log10` and `classes` (the pair attaining it).
     """
+    model = getattr(model, "student", model)
     f = np.asarray(model(x, training=False), np.float64)
     g = np.asarray(model(x_noisy, training=False), np.float64)
     d = g - f  # change of every logit
@@ -314,6 +330,7 @@ def residual_blocks(model):
     """The residual blocks of a functional model: for each `Add` layer, the binary layers
     only on one of its two input paths, as `(path_a, path_b)` lists (one may be empty: the
     identity shortcut)."""
+    model = getattr(model, "student", model)
     cache = {}
     blocks = []
     for layer in model.layers:

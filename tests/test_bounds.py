@@ -158,7 +158,22 @@ class TestFormulas:
             bounds.theorem_4_2(model, x, eps=0.1, beta="mean")
         float_model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
         with pytest.raises(ValueError, match="binary layer"):
-            bounds.data_free_log10_terms(float_model)
+            bounds.theorem_4_2(float_model, np.ones((1, 3)), 0.1)
+        assert bounds.data_free_log10_terms(float_model) == {}  # a logging callback goes on
+
+    def test_callback_can_log_every_value(self, trained_toy):
+        model, _ = trained_toy
+        terms = bounds.data_free_log10_terms(model)
+        assert all(math.isfinite(float(v)) for v in terms.values())
+        assert (terms["class_1"], terms["class_2"]) != (0, 0)
+
+    def test_lcr_model_is_bounded_through_its_student(self, trained_toy):
+        from larq_l1inf.lcr import LCRModel
+        model, _ = trained_toy
+        stages = [layer.name for layer in model.layers[1:3]]
+        teacher = covered_toy(seed=1)
+        wrapped = LCRModel(model, teacher, stages=stages)
+        assert bounds.data_free_log10_terms(wrapped) == bounds.data_free_log10_terms(model)
 
 
 def worst_excess(model, x, eps, beta):
