@@ -33,6 +33,7 @@ SETTINGS = {
     "sum 5e-2": dict(delta=5e-2, reduction="sum"),
     "sum/n 5e-3": dict(delta=5e-3, reduction="sum", normalize=True),
     "sum/n 5e-2": dict(delta=5e-2, reduction="sum", normalize=True),
+    "sum/n 5e-1": dict(delta=5e-1, reduction="sum", normalize=True),
     "product 5e-3": dict(delta=5e-3, reduction="product"),
     "product/n 5e-3": dict(delta=5e-3, reduction="product", normalize=True),
     "log 5e-3 w/o alpha": dict(delta=5e-3, reduction="log", alpha="none"),
