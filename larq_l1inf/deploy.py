@@ -180,6 +180,11 @@ def _exit_description(returncode):
     return returncode, f"exit code {returncode}"
 
 
+def _text(output):
+    # TimeoutExpired carries bytes even when the process was run with text=True.
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
 def _tail(text, lines=_STDERR_TAIL_LINES):
     return "\n".join((text or "").strip().splitlines()[-lines:]) or "(no output)"
 
@@ -273,8 +278,7 @@ def _convert_in_subprocess(model, name, timeout, lce_kwargs):
             raise ConversionError(
                 f"The LCE converter did not finish converting model '{name}' within {timeout} s "
                 "and was stopped. Pass a larger `timeout=` to convert(), or simplify the model.",
-                model_name=name, output=_tail(error.stderr or "") if isinstance(
-                    error.stderr, str) else "",
+                model_name=name, output=_tail(_text(error.stderr)),
             ) from None
         if result.returncode != 0:
             code, description = _exit_description(result.returncode)
@@ -646,8 +650,15 @@ class TFLiteModel:
                 f"Expected input of shape (n, {', '.join(map(str, sample_shape))}) for this "
                 f"flatbuffer, got {x.shape}."
             )
-        x = x.astype(np.float32 if self.interpreter.input_types[0] == np.float32
-                     else self.interpreter.input_types[0], copy=False)
+        dtype = np.dtype(self.interpreter.input_types[0])
+        if np.issubdtype(x.dtype, np.floating) and not np.issubdtype(dtype, np.floating):
+            raise ValueError(
+                f"This flatbuffer takes {dtype.name} inputs: quantize x first with "
+                f"input_scales {self.interpreter.input_scales} and zero points "
+                f"{self.interpreter.input_zero_points}, or convert with the default "
+                "inference_input_type=tf.float32."
+            )
+        x = x.astype(dtype, copy=False)
         n = x.shape[0]
         if n == 0:
             return np.zeros((0, *self.output_shape[1:]), dtype=np.float32)
