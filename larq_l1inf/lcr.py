@@ -232,8 +232,8 @@ class LCRModel(tf.keras.Model):
 
     !!! example
         ```python
-        student = build_binary_resnet()          # functional, with stage layers named
-        teacher = build_float_resnet()           # same architecture, ideally pretrained
+        # Sketch: `student`/`teacher` are your functional models of one architecture
+        # (binary / full precision, teacher ideally pretrained) with named stage layers.
         model = LCRModel(student, teacher, stages=["stage1", "stage2", "stage3"], lam=1e-4)
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
         model.fit(x, y, batch_size=128, epochs=1)
