@@ -34,7 +34,9 @@ def finite_numbers(value):
 
 
 class TestDemo:
-    def test_fast_demo_end_to_end(self, tmp_path, capsys):
+    def test_fast_demo_end_to_end(self, tmp_path, capsys, monkeypatch):
+        # The command quiets TensorFlow's loggers process-wide; not inside the test session.
+        monkeypatch.setattr(cli, "_quiet_tensorflow", lambda: None)
         out = tmp_path / "results" / "demo.json"
         code = cli.main(["demo", "--fast", "--out", str(out), "--convert-in-process",
                          "--save-dir", str(tmp_path / "tflite")])
