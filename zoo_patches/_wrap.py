@@ -13,7 +13,12 @@ def patched(factory):
         model = factory(*args, **kwargs)
         if kernel_regularizer is None:
             return model
-        return patch_model(model, kernel_regularizer)
+        from zoo_patches import binary_layers
+
+        # Some zoo models (XNORNet) already put an L2 on their binary kernels: replace it by
+        # rebuilding (in-place patching cannot remove a layer loss).
+        existing = any(getattr(layer, attr) is not None for layer, _, attr in binary_layers(model))
+        return patch_model(model, kernel_regularizer, clone=existing)
 
     build.__doc__ = (
         f"larq-zoo's `{factory.__module__}.{factory.__name__}` with `kernel_regularizer` on every "
