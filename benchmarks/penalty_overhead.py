@@ -86,7 +86,8 @@ def main(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--size", type=int, default=32, help="input height and width")
-    parser.add_argument("--width", type=int, default=16, help="first-stage channels (16: ResNet-20)")
+    parser.add_argument("--width", type=int, default=16,
+                        help="first-stage channels (16: ResNet-20)")
     parser.add_argument("--variant", default="bnn", help="larq_l1inf.variants name")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model per repeat")

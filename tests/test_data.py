@@ -51,8 +51,8 @@ class TestDigits:
         (x_train, _), _ = data.load_digits(size=8, channels=1, seed=3)
         (x_big, _), _ = data.load_digits(size=20, channels=1, seed=3)
         for k in range(3):
-            np.testing.assert_allclose(x_big[k, ..., 0], bilinear_half_pixel(x_train[k, ..., 0], 20),
-                                       atol=1e-5)
+            expected = bilinear_half_pixel(x_train[k, ..., 0], 20)
+            np.testing.assert_allclose(x_big[k, ..., 0], expected, atol=1e-5)
 
     def test_split_is_deterministic_and_stratified(self):
         (a, ya), _ = data.load_digits(size=8, seed=1)
