@@ -178,7 +178,7 @@ class TestModelPenalty:
             layers.append(
                 lq.layers.QuantDense(
                     64, kernel_initializer=tf.keras.initializers.Constant(1e3),
-                    kernel_regularizer=L1InfRegularizer(1.0, reduction="product"),
+                    kernel_regularizer=L1InfRegularizer(1.0, reduction="product", normalize=False),
                 )
             )
         model = tf.keras.Sequential(layers)
@@ -193,7 +193,7 @@ class TestModelPenalty:
             layers.append(
                 lq.layers.QuantDense(
                     4, kernel_initializer=tf.keras.initializers.Constant(1e-4),
-                    kernel_regularizer=L1InfRegularizer(1.0, reduction="product"),
+                    kernel_regularizer=L1InfRegularizer(1.0, reduction="product", normalize=False),
                 )
             )
         with pytest.raises(tf.errors.InvalidArgumentError, match="underflow"):
@@ -312,6 +312,10 @@ class TestTraining:
 
 
 class TestSerialization:
+    def test_defaults_are_the_measured_choice(self):
+        reg = L1InfRegularizer()
+        assert (reg.delta, reg.reduction, reg.normalize, reg.alpha) == (5e-3, "sum", True, "layer")
+
     def test_get_config_round_trip(self):
         reg = L1InfRegularizer(0.05, reduction="sum", alpha="channel", normalize=True,
                                alpha_gradient=False, quantizer_gradient=True)
@@ -325,7 +329,8 @@ class TestSerialization:
         layer = lq.layers.QuantDense(3, kernel_quantizer="ste_sign", kernel_regularizer="l1inf")
         assert isinstance(layer.kernel_regularizer, L1InfRegularizer)
         layer.build((None, 4))
-        assert float(layer.losses[0]) == pytest.approx(5e-3 * np.log(float(layer.kernel_regularizer.term(layer.kernel))))
+        assert layer.kernel_regularizer.get_config() == L1InfRegularizer().get_config()
+        assert float(layer.losses[0]) == pytest.approx(5e-3 * float(layer.kernel_regularizer.term(layer.kernel)))
 
     @pytest.mark.parametrize("fmt", ["h5", "tf"])
     def test_save_load_without_custom_objects(self, tmp_path, fmt):
