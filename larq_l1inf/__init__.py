@@ -10,8 +10,16 @@ from larq_l1inf._keras import ensure_legacy_keras as _ensure_legacy_keras
 
 _ensure_legacy_keras()
 
-from larq_l1inf import noise, regularizers  # noqa: E402
+# Modules that register Keras objects load eagerly, so saved models load without custom_objects.
+from larq_l1inf import baselines, lcr, noise, regularizers, variants  # noqa: E402
+from larq_l1inf.baselines import (  # noqa: E402
+    AbsumRegularizer,
+    L1Regularizer,
+    SpectralNormRegularizer,
+)
 from larq_l1inf.callbacks import L1InfCallback  # noqa: E402
+from larq_l1inf.lcr import LCRModel  # noqa: E402
+from larq_l1inf.noise import InputNoise, environmental_noise  # noqa: E402
 from larq_l1inf.regularizers import (  # noqa: E402
     KernelPenalty,
     L1InfRegularizer,
@@ -36,14 +44,23 @@ _LAZY_MODULES = (
 )
 
 __all__ = [
+    "AbsumRegularizer",
+    "InputNoise",
     "KernelPenalty",
     "L1InfCallback",
     "L1InfRegularizer",
+    "L1Regularizer",
+    "LCRModel",
+    "SpectralNormRegularizer",
     "attach",
+    "baselines",
+    "environmental_noise",
     "l1inf_norm",
+    "lcr",
     "noise",
     "penalty",
     "regularizers",
+    "variants",
 ]
 
 __version__ = "0.1.0"

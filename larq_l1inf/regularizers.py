@@ -80,7 +80,9 @@ def binary_kernel(kernel):
     A larq layer hands its regularizer the *latent* kernel wrapped as a `QuantizedVariable`,
     outside `quantized_scope`; this applies the layer's own quantizer to the latent weights.
     Kernels without a quantizer (full-precision layers, `kernel_quantizer=None`) are returned
-    unchanged.
+    unchanged. A quantizer whose output is `alpha * W_b` (larq's `MagnitudeAwareSign`, or any
+    quantizer with a `binary_kernel(latent)` method) contributes only `W_b`: alpha is applied
+    by the penalty's `alpha` mode, never twice.
 
     # Arguments
     kernel: a larq `QuantizedVariable`, a plain variable or a tensor.
@@ -93,6 +95,9 @@ def binary_kernel(kernel):
     latent = tf.convert_to_tensor(latent)
     if quantizer is None:
         return latent
+    if hasattr(quantizer, "binary_kernel"):
+        # A quantizer whose output carries its own scale says which part is W_b (eq. 1).
+        return tf.convert_to_tensor(quantizer.binary_kernel(latent))
     if isinstance(quantizer, lq.quantizers.MagnitudeAwareSign):
         # Its output is alpha_c * sign(w) (eq. 1): keep the binary part, alpha is applied by mode.
         return lq.quantizers.ste_sign(latent, clip_value=quantizer.clip_value)

@@ -45,6 +45,31 @@ class TestPublicApi:
             larq_l1inf.no_such_thing  # noqa: B018
 
 
+def test_saved_model_loads_in_a_fresh_process_without_custom_objects(tmp_path):
+    import larq as lq
+
+    from larq_l1inf._keras import tf
+
+    model = tf.keras.Sequential([
+        tf.keras.Input((8, 8, 1)),
+        larq_l1inf.InputNoise("environmental", (0.1, 0.2)),
+        lq.layers.QuantConv2D(2, 3, kernel_quantizer="ste_sign", kernel_regularizer=larq_l1inf.L1InfRegularizer()),
+        lq.layers.QuantConv2D(2, 3, kernel_regularizer=larq_l1inf.SpectralNormRegularizer()),
+        lq.layers.QuantConv2D(2, 3, kernel_regularizer=larq_l1inf.AbsumRegularizer()),
+        tf.keras.layers.Flatten(),
+        lq.layers.QuantDense(2, kernel_regularizer=larq_l1inf.L1Regularizer()),
+    ])
+    path = str(tmp_path / "model.h5")
+    model.save(path)
+    expected = float(larq_l1inf.penalty(model))
+    result = run_python(
+        "import larq_l1inf, tensorflow as tf; "
+        f"m = tf.keras.models.load_model({path!r}); print(float(larq_l1inf.penalty(m)))"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.split()[-1]) == pytest.approx(expected, rel=1e-6)
+
+
 def readme_snippets():
     text = (ROOT / "README.md").read_text()
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)

@@ -214,6 +214,24 @@ class TestModelPenalty:
             attach(model)
 
 
+class ScaledSign(lq.quantizers.SteSign):
+    """A quantizer whose output is 3 * sign(w) and which names its binary part."""
+
+    def call(self, inputs):
+        return 3.0 * super().call(inputs)
+
+    def binary_kernel(self, latent):
+        return lq.quantizers.ste_sign(latent)
+
+
+def test_quantizer_binary_kernel_hook_strips_its_scale():
+    layer = lq.layers.QuantDense(4, kernel_quantizer=ScaledSign())
+    layer.build((None, 5))
+    latent = layer.kernel.latent_variable.numpy()
+    expected = np.abs(latent).mean() * 5  # alpha * fan-in, not 3 * alpha * fan-in
+    assert float(L1InfRegularizer(1.0, normalize=False).term(layer.kernel)) == pytest.approx(expected, rel=1e-6)
+
+
 class TestGradients:
     """The gradient of a +-1 layer's term against its closed form (method.md)."""
 
