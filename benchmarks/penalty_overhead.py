@@ -89,30 +89,34 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=16,
                         help="first-stage channels (16: ResNet-20)")
     parser.add_argument("--variant", default="bnn", help="larq_l1inf.variants name")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per model per repeat")
+    parser.add_argument("--repeats", type=int, default=20, help="interleaved repeats")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per model per repeat")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
-    parser.add_argument("--delta", type=float, default=5e-3)
-    parser.add_argument("--reduction", default="log", choices=("log", "sum", "product"))
+    parser.add_argument("--delta", type=float, default=None, help="default: L1InfRegularizer's")
+    parser.add_argument("--reduction", default=None, choices=("log", "sum", "product"),
+                        help="default: L1InfRegularizer's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/penalty_overhead.json")
     args = parser.parse_args(argv)
     if min(args.batch_size, args.repeats, args.steps) < 1 or args.warmup < 0:
         parser.error("--batch-size, --repeats and --steps must be >= 1, --warmup >= 0.")
 
+    options = {k: v for k, v in (("delta", args.delta), ("reduction", args.reduction))
+               if v is not None}
     load_before = os.getloadavg()
     rng = np.random.default_rng(args.seed)
     x = tf.constant(rng.uniform(0, 1, (args.batch_size, args.size, args.size, 3)), tf.float32)
     y = tf.constant(rng.integers(0, 10, args.batch_size), tf.int32)
     models = {
         "without": build(None, args),
-        "with": build(L1InfRegularizer(args.delta, reduction=args.reduction), args),
+        "with": build(L1InfRegularizer(**options), args),
     }
-    if args.reduction == "product":
+    regularizer_config = L1InfRegularizer(**options).get_config()
+    if regularizer_config["reduction"] == "product":
         larq_l1inf.attach(models["with"])
     n_penalized = len(larq_l1inf.regularizers.penalized_layers(models["with"]))
     print(f"ResNet-20 BNN ({args.variant}, width {args.width}), batch {args.batch_size}, "
-          f"{args.size}x{args.size}x3; penalty on {n_penalized} binary convs")
+          f"{args.size}x{args.size}x3; penalty on {n_penalized} binary convs: {regularizer_config}")
     for name, model in models.items():
         start = time.perf_counter()
         for _ in range(max(args.warmup, 1)):
@@ -134,6 +138,7 @@ def main(argv=None):
     result = {
         "benchmark": "penalty_overhead",
         "config": vars(args),
+        "regularizer": regularizer_config,
         "penalized_layers": n_penalized,
         "seconds_per_step": {name: summary(values) for name, values in times.items()},
         "raw_seconds_per_step": times,

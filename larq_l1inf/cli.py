@@ -190,6 +190,18 @@ def _check_all_finite(value, where="results"):
         )
 
 
+def _penalty_options(args):
+    """The L1InfRegularizer arguments given on the command line; the rest keep its defaults."""
+    options = {}
+    if args.delta is not None:
+        options["delta"] = args.delta
+    if args.reduction is not None:
+        options["reduction"] = args.reduction
+    if args.normalize is not None:
+        options["normalize"] = args.normalize == "on"
+    return options
+
+
 def run_demo(args):
     """The `demo` command: train with and without the penalty, evaluate, convert, compare."""
     lo, hi = args.noise_range
@@ -215,10 +227,7 @@ def run_demo(args):
     print(f"digits: {len(x_train)} train / {len(x_test)} test images, "
           f"{args.size}x{args.size}x3 in [0, 1]; Algorithm 1 noise eps ~ U[{lo}, {hi}]")
     data = ((x_train, y_train), (x_test, y_test))
-    variants = {
-        "baseline": None,
-        "l1inf": L1InfRegularizer(delta=args.delta, reduction=args.reduction),
-    }
+    variants = {"baseline": None, "l1inf": L1InfRegularizer(**_penalty_options(args))}
     results = {
         name: _train_and_evaluate(name, regularizer, data, args, x_test_noisy)
         for name, regularizer in variants.items()
@@ -230,8 +239,7 @@ def run_demo(args):
         "command": "demo",
         "config": {
             "epochs": args.epochs,
-            "delta": args.delta,
-            "reduction": args.reduction,
+            "penalty": variants["l1inf"].get_config(),
             "seed": args.seed,
             "noise_range": [lo, hi],
             "lr": args.lr,
@@ -271,9 +279,12 @@ def register_demo(subparsers):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--epochs", type=int, default=15, help="training epochs per model")
-    parser.add_argument("--delta", type=float, default=5e-3, help="penalty coefficient")
-    parser.add_argument("--reduction", choices=("log", "sum", "product"), default="log",
-                        help="how the per-layer terms are combined (see L1InfRegularizer)")
+    parser.add_argument("--delta", type=float, default=None,
+                        help="penalty coefficient (default: L1InfRegularizer's)")
+    parser.add_argument("--reduction", choices=("log", "sum", "product"), default=None,
+                        help="how the per-layer terms are combined (default: L1InfRegularizer's)")
+    parser.add_argument("--normalize", choices=("on", "off"), default=None,
+                        help="divide each layer term by its fan-in (default: L1InfRegularizer's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of split, init and noise")
     parser.add_argument("--noise-range", type=float, nargs=2, metavar=("LO", "HI"),
                         default=list(DEMO_NOISE_RANGE),

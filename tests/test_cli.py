@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+import larq_l1inf
 from larq_l1inf import cli
 
 MODEL_KEYS = [
@@ -53,6 +54,7 @@ class TestDemo:
         assert finite_numbers(result)
         assert set(result["models"]) == {"baseline", "l1inf"}
         assert result["config"]["noise_range"] == list(cli.DEMO_NOISE_RANGE)
+        assert result["config"]["penalty"] == larq_l1inf.L1InfRegularizer().get_config()
         for name, model in result["models"].items():
             assert set(MODEL_KEYS) <= set(model), name
             for key in ("keras_clean_acc", "keras_noisy_acc", "tflite_clean_acc",
@@ -71,8 +73,15 @@ class TestParser:
     def test_demo_defaults(self):
         args = cli.build_parser().parse_args(["demo"])
         assert args.noise_range == list(cli.DEMO_NOISE_RANGE)
-        assert (args.epochs, args.reduction, args.out) == (15, "log", "results/demo.json")
+        assert (args.epochs, args.out) == (15, "results/demo.json")
         assert args.func is cli.run_demo
+        assert cli._penalty_options(args) == {}  # L1InfRegularizer's own defaults
+
+    def test_penalty_flags(self):
+        args = cli.build_parser().parse_args(
+            ["demo", "--delta", "0.05", "--reduction", "log", "--normalize", "off"])
+        assert cli._penalty_options(args) == {"delta": 0.05, "reduction": "log",
+                                              "normalize": False}
 
     def test_command_is_required(self, capsys):
         with pytest.raises(SystemExit) as info:
