@@ -3,9 +3,9 @@
 Every subcommand is one `register(subparsers)` function that adds its parser and sets
 `func` (called with the parsed arguments, returns an exit code). To add a command, write
 such a function (in its own module if it is large) and append it to `COMMANDS`.
-TensorFlow loads only when a command runs, so `larq-l1inf --help` stays fast.
+Commands import their heavy modules (LCE, scikit-learn, TFDS) inside `func`.
 
-    larq-l1inf demo                  # ~3 min on 2 CPU cores, offline
+    larq-l1inf demo                  # ~2.5 min on 2 shared CPU cores, offline
     larq-l1inf demo --fast           # seconds; a smoke test of the whole pipeline
 """
 
