@@ -7,6 +7,8 @@ Commands import their heavy modules (LCE, scikit-learn, TFDS) inside `func`.
 
     larq-l1inf demo                  # ~2.5 min on 2 shared CPU cores, offline
     larq-l1inf demo --fast           # seconds; a smoke test of the whole pipeline
+    larq-l1inf evaluate MODEL --convert --epsilon 0.03 0.06 --pgd-epsilon 0.0039
+    larq-l1inf sweep baseline=a.tflite l1inf=b.tflite --levels 0 0.05 0.1 --png sweep.png
 """
 
 import argparse
@@ -309,8 +311,15 @@ def register_demo(subparsers):
 
 # --------------------------------------------------------------------------- entry point
 
-#: `register(subparsers)` functions, one per subcommand.
-COMMANDS = [register_demo]
+def register_evaluation(subparsers):
+    """`evaluate` and `sweep` (larq_l1inf.evaluation)."""
+    from larq_l1inf.evaluation import register
+
+    return register(subparsers)
+
+
+#: `register(subparsers)` functions, one per subcommand (or group of subcommands).
+COMMANDS = [register_demo, register_evaluation]
 
 
 def build_parser():

@@ -241,6 +241,8 @@ class KernelPenalty(tf.keras.regularizers.Regularizer):
         """One layer's contribution to the loss from its term."""
         return self.delta * term
 
+    # Plain TF ops; AutoGraph conversion only produced a warning on every trace.
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, kernel):
         if self.delta == 0:
             return tf.zeros(())
@@ -343,6 +345,7 @@ class L1InfRegularizer(KernelPenalty):
         # The log of an all-zero kernel's term would be -inf; the floor keeps it finite.
         return self.delta * tf.math.log(tf.maximum(term, _TERM_FLOOR))
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, kernel):
         if self.reduction != "product":
             return super().__call__(kernel)

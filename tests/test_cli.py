@@ -92,6 +92,13 @@ class TestParser:
         with pytest.raises(SystemExit, match="lo <= hi"):
             cli.main(["demo", "--noise-range", "0.3", "0.1", "--out", ""])
 
+    def test_evaluation_commands_are_registered(self):
+        from larq_l1inf import evaluation
+
+        parser = cli.build_parser()
+        assert parser.parse_args(["evaluate", "m.h5", "--convert"]).func is evaluation.run_evaluate
+        assert parser.parse_args(["sweep", "a=m.tflite"]).func is evaluation.run_sweep
+
     def test_commands_are_pluggable(self, monkeypatch):
         def register_hello(subparsers):
             parser = subparsers.add_parser("hello")
