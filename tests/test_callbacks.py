@@ -38,6 +38,10 @@ class TestLogging:
             assert logs[f"l1inf_norm/{name}"][-1] == pytest.approx(float(l1inf_norm(w_b)))
             assert logs[f"l1inf_alpha/{name}"][-1] == pytest.approx(np.abs(latent).mean(), rel=1e-5)
         assert len(logs["l1inf_penalty"]) == 2
+        # the data-free Theorem 4.2 terms: log10 of the product of the binary layers' norms
+        expected = sum(np.log10(logs[f"l1inf_norm/{n}"][-1]) for n in ("bconv1", "bconv2"))
+        assert logs["bound/log10_l1inf"][-1] == pytest.approx(expected, rel=1e-5)
+        assert np.isfinite(logs["bound/log10_data_free"][-1])
 
     def test_tensorboard_listed_after_gets_the_scalars(self, tmp_path):
         model, x, y = model_and_data()
