@@ -21,6 +21,7 @@ import numpy as np
 from larq_l1inf import deploy, evaluation
 from larq_l1inf._keras import tf
 from larq_l1inf.cli import build_demo_model
+from _common import write_json  # noqa: E402
 
 
 def main():
@@ -88,10 +89,7 @@ def main():
     }
     print(json.dumps({k: out[k] for k in ("keras_images_per_s", "tflite_images_per_s",
                                            "tflite_over_keras_throughput")}, indent=2))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"written to {args.out}")
+    write_json(out, args.out)
 
 
 if __name__ == "__main__":

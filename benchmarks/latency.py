@@ -25,6 +25,7 @@ import numpy as np
 from larq_l1inf import deploy
 from larq_l1inf._keras import tf
 from larq_l1inf.cli import build_demo_model
+from _common import write_json  # noqa: E402
 
 
 def float_twin(model):
@@ -115,10 +116,7 @@ def main():
         "note": "x86 build of LCE; its optimized kernels target aarch64.",
     }
     print(json.dumps({"results": results, "ratios": ratios}, indent=2))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"written to {args.out}")
+    write_json(out, args.out)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 
 from larq_l1inf import noise
 from larq_l1inf._keras import tf
+from _common import write_json  # noqa: E402
 
 
 def stats(x, noisy):
@@ -82,10 +83,7 @@ def main():
     }
     print(json.dumps({k: result[k] for k in ("vectorized_best_seconds", "loop_best_seconds",
                                               "speedup_loop_over_vectorized")}, indent=2))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"written to {args.out}")
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ ratios show the spread a shared machine adds.
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,7 @@ import larq_l1inf  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loa
 from larq_l1inf import L1InfRegularizer, penalty
 from larq_l1inf._keras import tf
 from larq_l1inf.backbones import resnet20
+from _common import write_json  # noqa: E402
 
 TARGET = 1.03
 
@@ -168,10 +168,7 @@ def main(argv=None):
           f"{penalty_alone * 1e3:.1f} ms "
           f"({100 * result['penalty_alone_fraction_of_step']:.1f}% of a step without it)")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"written to {args.out}")
+        write_json(result, args.out)
     return 0
 
 

@@ -19,7 +19,6 @@ not measured). SGD with momentum 0.9, as the paper trains.
 """
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -29,6 +28,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _common import write_json  # noqa: E402
 
 import larq_l1inf  # noqa: E402,I001  (first: Keras 2 before larq imports TF)
 import larq as lq  # noqa: E402
@@ -184,9 +184,7 @@ def main(argv=None):
         "counted": "one full training step (forward, loss, backward, SGD update) via "
                    "Model.make_train_function; LCR includes its teacher forward pass",
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(report, args.out)
     print(f"\n{'method':10s} {'s/step':>8s} {'ratio':>7s} {'s/epoch':>9s}")
     for m in methods:
         r = results[m]
