@@ -4,8 +4,11 @@ A variant is the distinctive part of a published BNN method, implemented from it
 recipe (`Variant`) that tells a backbone (`larq_l1inf.backbones`) how to build one binary
 convolution with it. Weight binarizers are larq quantizers (`precision` set), so a layer's
 kernel is a larq `QuantizedVariable` and `L1InfRegularizer` finds `W_b` as
-`kernel.quantizer(kernel.latent_variable)`; every class is a registered Keras object, so a saved
-model loads without `custom_objects`.
+`kernel.quantizer(kernel.latent_variable)`, or as `quantizer.binary_kernel(latent)` for the
+quantizers whose output carries a scale (`XnorSign`, `MagnitudeSign`, `DoReFaWeight`,
+`LibraPBSign`, `ABCWeight`, `AdaBinWeight`): then `W_b` is the unscaled binary part and alpha
+is applied once, by the penalty's `alpha` mode. Every class is a registered Keras object, so a
+saved model loads without `custom_objects`.
 
 | name | paper | weights | activations | block |
 |---|---|---|---|---|
@@ -137,6 +140,10 @@ class XnorSign(lq.quantizers.MagnitudeAwareSign):
         alpha = tf.reduce_mean(tf.abs(inputs), axis=_reduce_axes(inputs, True))
         return alpha if self.scale_gradient else tf.stop_gradient(alpha)
 
+    def binary_kernel(self, latent):
+        """`W_b = sign(W)` without alpha, with the clipped STE (alpha is the penalty's job)."""
+        return lq.quantizers.ste_sign(latent, clip_value=self.clip_value)
+
     def call(self, inputs):
         outputs = self.scale(inputs) * lq.quantizers.ste_sign(inputs, clip_value=self.clip_value)
         return _BaseQuantizer.call(self, outputs)
@@ -192,7 +199,9 @@ class DoReFaWeight(_BaseQuantizer):
     $\mathrm{quantize}_k(r) = \mathrm{round}((2^k - 1) r)/(2^k - 1)$ (eq. 5) and the
     straight-through estimator. The max is treated as a constant in the backward pass.
 
-    For `L1InfRegularizer`, `W_b` is this quantizer's output (for one bit: `E|w| sign(w)`).
+    For `L1InfRegularizer`, `W_b` is `binary_kernel(w)`: for one bit the unscaled `sign(w)`
+    (the scale `E|w|` is alpha, which the penalty's `alpha` mode applies once), for k > 1 the
+    quantized levels in [-1, 1], which carry no separate scale.
 
     # Arguments
     k_bit: weight bits, 1..16.
@@ -208,14 +217,23 @@ class DoReFaWeight(_BaseQuantizer):
         self.precision = self.k_bit
         super().__init__(**kwargs)
 
+    def _levels(self, inputs):
+        limited = tf.math.tanh(inputs)
+        peak = tf.stop_gradient(tf.reduce_max(tf.abs(limited)))
+        return 2.0 * _quantize_k(tf.math.divide_no_nan(limited, 2.0 * peak) + 0.5, self.k_bit) - 1.0
+
+    def binary_kernel(self, latent):
+        """The quantized part without a scale: `sign(w)` (one bit) or the k-bit levels."""
+        if self.k_bit == 1:
+            return _ste(_sign, latent, tf.ones_like)
+        return self._levels(latent)
+
     def call(self, inputs):
         if self.k_bit == 1:
             scale = tf.stop_gradient(tf.reduce_mean(tf.abs(inputs)))
             outputs = scale * _ste(_sign, inputs, tf.ones_like)
         else:
-            limited = tf.math.tanh(inputs)
-            peak = tf.stop_gradient(tf.reduce_max(tf.abs(limited)))
-            outputs = 2.0 * _quantize_k(tf.math.divide_no_nan(limited, 2.0 * peak) + 0.5, self.k_bit) - 1.0
+            outputs = self._levels(inputs)
         return super().call(outputs)
 
     def get_config(self):
@@ -326,8 +344,9 @@ class LibraPBSign(_EDEMixin, _BaseQuantizer):
     The sign's backward pass is the EDE (see `EDESign`), which `EDESchedule` drives; the
     gradient flows through the standardization, not through the rounded scale.
 
-    For `L1InfRegularizer`, `W_b` is `2^s sign(W_std)`: the penalty covers the balanced
-    binary kernel the layer computes with, including its power-of-two scale.
+    For `L1InfRegularizer`, `W_b` is `binary_kernel(W)` = `sign(W_std)` with the EDE gradient:
+    the balanced binary kernel without its power-of-two scale `2^s`, which plays alpha's role;
+    the penalty's `alpha` mode applies alpha once (never `2^s` and alpha together).
 
     # References
     - H. Qin et al. Forward and Backward Information Retention for Accurate Binary Neural
@@ -345,6 +364,10 @@ class LibraPBSign(_EDEMixin, _BaseQuantizer):
         centred = inputs - tf.reduce_mean(inputs, axis=axes)
         std = tf.math.reduce_std(centred, axis=axes)
         return centred / tf.maximum(std, 1e-12)
+
+    def binary_kernel(self, latent):
+        """`sign(W_std)` without the `2^s` scale, EDE backward through the standardization."""
+        return _ede(self.standardize(latent), self.t, self.k)
 
     def call(self, inputs):
         standardized = self.standardize(inputs)
@@ -509,11 +532,13 @@ class ABCWeight(_BaseQuantizer):
     \sum_{i,n} \alpha_i \beta_n \mathrm{conv}(B_i, A_n)$ (eq. 10) in one convolution:
     the same numbers as the M x N binary convolutions, by bilinearity.
 
-    How the L1,inf penalty applies: `W_b` is this quantizer's output, the effective kernel
-    $\sum_i \alpha_i B_i$, the operator the layer actually applies to its input, whose
-    $\|\cdot\|_{1,\infty}$ is what the noise bound multiplies; by the triangle inequality it is
-    at most $\sum_i |\alpha_i|\, \|B_i\|_{1,\infty}$, the per-base penalty. So the penalty
-    covers every base's binary kernel, weighted by its $\alpha_i$.
+    How the L1,inf penalty applies: `W_b` is `binary_kernel(W)` =
+    $\sum_i \alpha_i B_i / \sum_i |\alpha_i|$, the effective kernel the layer applies with its
+    scale divided out (entries in [-1, 1]; for M = 1 exactly $B_1 = \operatorname{sign}$). Its
+    $\|\cdot\|_{1,\infty}$ is the direction of the operator the noise bound multiplies, and by
+    the triangle inequality at most the $|\alpha_i|$-weighted mean of the bases'
+    $\|B_i\|_{1,\infty}$. The scale is alpha, applied once by the penalty's `alpha` mode
+    (decision of this project; the papers do not combine ABC-Net with the penalty).
 
     # Arguments
     bases: M, the number of binary weight bases (precision is set to M).
@@ -532,21 +557,34 @@ class ABCWeight(_BaseQuantizer):
 
     def binary_bases(self, inputs):
         """The M binary bases B_i, stacked on a new last axis, with STE gradients."""
-        centred = inputs - tf.reduce_mean(inputs)
-        std = tf.math.reduce_std(inputs)
+        # Mean and std are constants in the backward pass (eq. 6: only the STE of each B_i);
+        # differentiating std would also give 0/0 = NaN for a constant kernel.
+        centred = inputs - tf.stop_gradient(tf.reduce_mean(inputs))
+        std = tf.stop_gradient(tf.math.reduce_std(inputs))
         return tf.stack(
             [_ste(_sign, centred + float(u) * std, tf.ones_like) for u in abc_shifts(self.bases)],
             axis=-1,
         )
 
-    def call(self, inputs):
+    def _bases_and_alpha(self, inputs):
         bases = self.binary_bases(inputs)
         matrix = tf.stop_gradient(tf.reshape(bases, (-1, self.bases)))
         target = tf.stop_gradient(tf.reshape(inputs, (-1, 1)))
-        # A tiny ridge keeps the normal equations solvable when two bases coincide.
-        alpha = tf.stop_gradient(tf.linalg.lstsq(matrix, target, l2_regularizer=1e-6, fast=True))
-        outputs = tf.tensordot(bases, tf.reshape(alpha, (-1,)), axes=[[-1], [0]])
-        return super().call(outputs)
+        # Complete orthogonal decomposition (fast=False): the minimum-norm solution also when
+        # bases coincide (a constant kernel gives M equal columns; Cholesky gave NaN there).
+        alpha = tf.stop_gradient(tf.linalg.lstsq(matrix, target, fast=False))
+        return bases, tf.reshape(alpha, (-1,))
+
+    def binary_kernel(self, latent):
+        """`sum_i alpha_i B_i / sum_i |alpha_i|`: the effective kernel without its scale."""
+        bases, alpha = self._bases_and_alpha(latent)
+        # All-zero alpha (an all-zero kernel) would give 0/0; the floor keeps it finite.
+        weights = alpha / tf.maximum(tf.reduce_sum(tf.abs(alpha)), 1e-12)
+        return tf.tensordot(bases, weights, axes=[[-1], [0]])
+
+    def call(self, inputs):
+        bases, alpha = self._bases_and_alpha(inputs)
+        return super().call(tf.tensordot(bases, alpha, axes=[[-1], [0]]))
 
     def get_config(self):
         return {**super().get_config(), "bases": self.bases}
@@ -629,7 +667,10 @@ class AdaBinWeight(_BaseQuantizer):
     $1 - \tanh^2(0.1 x) \approx 1$ there).
 
     The set is not symmetric around 0 ($\beta_w \ne 0$), so LCE cannot run an AdaBin conv as
-    `LceBconv2d`. For `L1InfRegularizer`, `W_b` is $w_b$ with its center and distance.
+    `LceBconv2d`. For `L1InfRegularizer`, `W_b` is `binary_kernel(w)` =
+    $\operatorname{sign}((w - \beta_w)/\alpha_w)$ with the STE: the binary part without the
+    set's distance and center, which play alpha's role (the penalty's `alpha` mode applies
+    alpha once). Decision of this project; AdaBin's paper has no such penalty.
 
     # References
     - Z. Tu, X. Chen, P. Ren, Y. Wang. AdaBin: Improving Binary Neural Networks with Adaptive
@@ -638,11 +679,19 @@ class AdaBinWeight(_BaseQuantizer):
 
     precision = 1
 
-    def call(self, inputs):
+    def _set(self, inputs):
         axes = _reduce_axes(inputs, True)
         center = tf.reduce_mean(inputs, axis=axes)
         distance = tf.sqrt(tf.reduce_mean(tf.square(inputs - center), axis=axes))
-        distance = tf.maximum(distance, 1e-12)
+        return center, tf.maximum(distance, 1e-12)
+
+    def binary_kernel(self, latent):
+        """`sign((w - beta_w) / alpha_w)`, the +-1 part of the adaptive set, with the STE."""
+        center, distance = self._set(latent)
+        return _ste(_sign, (latent - center) / distance, tf.ones_like)
+
+    def call(self, inputs):
+        center, distance = self._set(inputs)
         outputs = distance * _ste(_sign, (inputs - center) / distance, tf.ones_like) + center
         return super().call(outputs)
 
