@@ -33,6 +33,7 @@ factory: same arguments plus `kernel_regularizer=`.
 
 import logging
 
+import larq_l1inf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before larq imports TensorFlow)
 import larq as lq
 
 from larq_l1inf._keras import tf
