@@ -5,8 +5,8 @@ quantized kernel `W_b = Q(W_F)` (STE gradient), the scaling factor alpha (`"laye
 `"channel"` or `"none"`) and the kernel as rows `(c_out, fan_in)`, one row per output
 filter. Put them on `kernel_regularizer` of larq layers exactly as `L1InfRegularizer`.
 Per layer they add `delta * t_j` (`reduction="sum"`, the usual form of these regularizers)
-or `delta * log t_j` (`reduction="log"`, the same per-layer form as the default L1,inf
-reduction, for a like-for-like comparison). LCR, which needs activations, is
+or `delta * log t_j` (`reduction="log"`, the same per-layer form as L1InfRegularizer's
+`"log"`, for a like-for-like comparison). LCR, which needs activations, is
 `larq_l1inf.lcr.LCRModel`.
 """
 
@@ -16,7 +16,7 @@ import larq as lq
 import numpy as np
 
 from larq_l1inf._keras import tf
-from larq_l1inf.regularizers import KernelPenalty, _check_choice
+from larq_l1inf.regularizers import KernelPenalty
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,6 @@ __all__ = [
     "BASELINE_REGULARIZERS",
 ]
 
-BASELINE_REDUCTIONS = ("sum", "log")
-_TERM_FLOOR = 1e-12
 # Seed of the fixed start vector of the power iteration (see `spectral_norm`).
 _POWER_SEED = 1234
 
@@ -82,34 +80,9 @@ def spectral_norm(matrix, iterations=10):
     return tf.reshape(tf.matmul(u, tf.matmul(a, v), transpose_a=True), ())
 
 
-class _BaselinePenalty(KernelPenalty):
-    """Shared arguments of the baselines: `KernelPenalty`'s plus the reduction."""
-
-    def __init__(
-        self,
-        delta=5e-3,
-        reduction="sum",
-        alpha="layer",
-        normalize=False,
-        alpha_gradient=True,
-        quantizer_gradient=True,
-    ):
-        super().__init__(delta, alpha, normalize, alpha_gradient, quantizer_gradient)
-        self.reduction = _check_choice(reduction, BASELINE_REDUCTIONS, "reduction")
-
-    def reduce(self, term):
-        if self.reduction == "sum":
-            return self.delta * term
-        # Same floor as L1InfRegularizer: log(0) of an all-zero kernel would be -inf.
-        return self.delta * tf.math.log(tf.maximum(term, _TERM_FLOOR))
-
-    def get_config(self):
-        return {**super().get_config(), "reduction": self.reduction}
-
-
 @lq.utils.register_alias("l1_baseline")
 @lq.utils.register_keras_custom_object
-class L1Regularizer(_BaselinePenalty):
+class L1Regularizer(KernelPenalty):
     """Plain L1 penalty of the scaled quantized kernel (000, table 11, "L1").
 
     $$t_j = \\|\\mathrm{diag}(\\alpha_j) W_b^j\\|_1 = \\sum_{i,k} \\alpha_{j,i} |(W_b^j)_{ik}|$$
@@ -128,7 +101,7 @@ class L1Regularizer(_BaselinePenalty):
 
 @lq.utils.register_alias("spectral_norm")
 @lq.utils.register_keras_custom_object
-class SpectralNormRegularizer(_BaselinePenalty):
+class SpectralNormRegularizer(KernelPenalty):
     """L2 / spectral-norm penalty (000, table 11, "L2"; Li et al. 2019).
 
     $$t_j = \\sigma_{\\max}\\left(\\mathrm{diag}(\\alpha_j) W_b^j\\right),\\quad
@@ -163,7 +136,7 @@ class SpectralNormRegularizer(_BaselinePenalty):
 
 @lq.utils.register_alias("absum")
 @lq.utils.register_keras_custom_object
-class AbsumRegularizer(_BaselinePenalty):
+class AbsumRegularizer(KernelPenalty):
     """Absum (Kanai et al. 2020), the paper's "L-inf" baseline (000, table 11).
 
     Absum penalizes the absolute value of the *sum* of the weights of each 2-D filter,

@@ -179,11 +179,12 @@ class KernelPenalty(tf.keras.regularizers.Regularizer):
 
     A subclass implements `layer_term(rows, alpha)`: the layer's non-negative term from the
     quantized rows `(c_out, fan_in)` and alpha (scalar or `(c_out,)`). This class turns it into
-    the layer's loss contribution `delta * reduce(term)` so that every penalty sees the same
-    quantized kernel and the same layer selection.
+    the layer's loss contribution (`delta * t` for `"sum"`, `delta * log t` for `"log"`) so that
+    every penalty sees the same quantized kernel and the same layer selection.
 
     # Arguments
     delta: the constraint coefficient, a finite number >= 0.
+    reduction: one of the class's `reductions`: `"sum"` or `"log"` of the layer terms.
     alpha: `"layer"`, `"channel"` or `"none"`; only applied to quantized kernels (a
         full-precision kernel already carries its scale, so there alpha = 1).
     normalize: divide each layer term by the layer's fan-in (`kh*kw*c_in`).
@@ -192,17 +193,19 @@ class KernelPenalty(tf.keras.regularizers.Regularizer):
         pseudo-gradient (STE).
     """
 
-    reduction = "sum"
+    reductions = ("sum", "log")
 
     def __init__(
         self,
         delta=5e-3,
+        reduction="sum",
         alpha="layer",
         normalize=False,
         alpha_gradient=True,
         quantizer_gradient=True,
     ):
         self.delta = _check_delta(delta)
+        self.reduction = _check_choice(reduction, self.reductions, "reduction")
         self.alpha = _check_choice(alpha, ALPHA_MODES, "alpha")
         self.normalize = bool(normalize)
         self.alpha_gradient = bool(alpha_gradient)
@@ -239,7 +242,10 @@ class KernelPenalty(tf.keras.regularizers.Regularizer):
 
     def reduce(self, term):
         """One layer's contribution to the loss from its term."""
-        return self.delta * term
+        if self.reduction == "sum":
+            return self.delta * term
+        # The log of an all-zero kernel's term would be -inf; the floor keeps it finite.
+        return self.delta * tf.math.log(tf.maximum(term, _TERM_FLOOR))
 
     # Plain TF ops; AutoGraph conversion only produced a warning on every trace.
     @tf.autograph.experimental.do_not_convert
@@ -251,6 +257,7 @@ class KernelPenalty(tf.keras.regularizers.Regularizer):
     def get_config(self):
         return {
             "delta": float(self.delta),
+            "reduction": self.reduction,
             "alpha": self.alpha,
             "normalize": self.normalize,
             "alpha_gradient": self.alpha_gradient,
@@ -318,6 +325,8 @@ class L1InfRegularizer(KernelPenalty):
         ```
     """
 
+    reductions = REDUCTIONS
+
     def __init__(
         self,
         delta=5e-3,
@@ -328,8 +337,14 @@ class L1InfRegularizer(KernelPenalty):
         quantizer_gradient=True,
     ):
         # Default sum + normalize: the only setting harmless at both paper deltas (README).
-        super().__init__(delta, alpha, normalize, alpha_gradient, quantizer_gradient)
-        self.reduction = _check_choice(reduction, REDUCTIONS, "reduction")
+        super().__init__(
+            delta=delta,
+            reduction=reduction,
+            alpha=alpha,
+            normalize=normalize,
+            alpha_gradient=alpha_gradient,
+            quantizer_gradient=quantizer_gradient,
+        )
         # Set by `attach`: the model-level product loss is in place, so the layer adds nothing.
         self._attached = False
 
@@ -338,12 +353,6 @@ class L1InfRegularizer(KernelPenalty):
         if alpha.shape.rank == 1:  # diag(alpha) W_b: each row scaled by its own alpha
             return tf.reduce_max(alpha * row_sums)
         return alpha * tf.reduce_max(row_sums)
-
-    def reduce(self, term):
-        if self.reduction == "sum":
-            return self.delta * term
-        # The log of an all-zero kernel's term would be -inf; the floor keeps it finite.
-        return self.delta * tf.math.log(tf.maximum(term, _TERM_FLOOR))
 
     @tf.autograph.experimental.do_not_convert
     def __call__(self, kernel):
@@ -359,8 +368,6 @@ class L1InfRegularizer(KernelPenalty):
             )
         return tf.zeros(())
 
-    def get_config(self):
-        return {**super().get_config(), "reduction": self.reduction}
 
 
 def _register_string_identifiers(cls, *names):
