@@ -29,19 +29,7 @@ from larq_l1inf.regularizers import (  # noqa: E402
 )
 
 # Heavier modules (LCE, matplotlib, TFDS) load on first use: `larq_l1inf.deploy.convert(...)`.
-_LAZY_MODULES = (
-    "attacks",
-    "backbones",
-    "baselines",
-    "bounds",
-    "callbacks",
-    "cli",
-    "data",
-    "deploy",
-    "evaluation",
-    "lcr",
-    "variants",
-)
+_LAZY_MODULES = ("attacks", "backbones", "bounds", "cli", "data", "deploy", "evaluation")
 
 __all__ = [
     "AbsumRegularizer",
