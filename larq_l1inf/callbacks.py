@@ -5,9 +5,10 @@ import math
 
 from larq_l1inf._keras import tf
 from larq_l1inf.regularizers import (
+    _is_depthwise_weight,
     attach,
     binary_kernel,
-    kernel_rows,
+    l1inf_norm,
     penalized_layers,
     penalty,
 )
@@ -98,11 +99,9 @@ class L1InfCallback(tf.keras.callbacks.Callback):
             logs["l1inf_warmup"] = self.factor(epoch)
         if self.per_layer:
             for layer, weight, reg in penalized_layers(self.model):
-                depthwise = weight is getattr(layer, "depthwise_kernel", None)
-                rows = kernel_rows(binary_kernel(weight), depthwise)
-                logs[f"l1inf_norm/{layer.name}"] = float(
-                    tf.reduce_max(tf.reduce_sum(tf.abs(rows), axis=1))
-                )
+                depthwise = _is_depthwise_weight(layer, weight)
+                norm = l1inf_norm(binary_kernel(weight), depthwise)
+                logs[f"l1inf_norm/{layer.name}"] = float(norm)
                 latent = getattr(weight, "latent_variable", weight)
                 logs[f"l1inf_alpha/{layer.name}"] = float(tf.reduce_mean(tf.abs(latent)))
         if self.bounds:

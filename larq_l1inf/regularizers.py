@@ -369,7 +369,6 @@ class L1InfRegularizer(KernelPenalty):
         return tf.zeros(())
 
 
-
 def _register_string_identifiers(cls, *names):
     """Make `kernel_regularizer="l1inf"` yield an instance, as `"l2"` does in Keras.
 
@@ -404,13 +403,9 @@ def penalized_layers(model):
     return found
 
 
-def _product_groups(model):
-    """The product-reduction regularizers of a model, checked to form one product."""
-    entries = [
-        (layer, weight, reg)
-        for layer, weight, reg in penalized_layers(model)
-        if getattr(reg, "reduction", None) == "product"
-    ]
+def _product_groups(entries):
+    """The product-reduction entries of `penalized_layers`, checked to form one product."""
+    entries = [(layer, weight, reg) for layer, weight, reg in entries if reg.reduction == "product"]
     deltas = {reg.delta for _, _, reg in entries}
     if len(deltas) > 1:
         raise ValueError(
@@ -470,10 +465,10 @@ def penalty(model):
         return tf.zeros(())
     parts = []
     for layer, weight, reg in entries:
-        if getattr(reg, "reduction", None) == "product" or reg.delta == 0:
+        if reg.reduction == "product" or reg.delta == 0:
             continue
         parts.append(reg.warmup_factor * reg.reduce(_layer_term(layer, weight, reg)))
-    products = _product_groups(model)
+    products = _product_groups(entries)
     if products:
         parts.append(_product_penalty(products))
     return tf.add_n(parts) if parts else tf.zeros(())
@@ -491,11 +486,11 @@ def attach(model):
     # Raises
     tf.errors.InvalidArgumentError: when the product leaves float32's range.
     """
-    entries = _product_groups(model)
+    entries = _product_groups(penalized_layers(model))
     if not entries or getattr(model, "_l1inf_attached", False):
         return model
     _product_penalty(entries)  # fail early on over/underflow
-    model.add_loss(lambda: _product_penalty(_product_groups(model)))
+    model.add_loss(lambda: _product_penalty(_product_groups(penalized_layers(model))))
     for _, _, reg in entries:
         reg._attached = True
     model._l1inf_attached = True
