@@ -35,8 +35,11 @@ __all__ = [
 
 REDUCTIONS = ("log", "sum", "product")
 ALPHA_MODES = ("layer", "channel", "none")
-# Weight attributes of larq layers that hold a kernel, with the matching regularizer attribute.
-KERNEL_ATTRIBUTES = (("kernel", "kernel_regularizer"), ("depthwise_kernel", "depthwise_regularizer"))
+# (weight, quantizer, regularizer) attributes of the larq layers that hold a kernel.
+KERNEL_ATTRIBUTES = (
+    ("kernel", "kernel_quantizer", "kernel_regularizer"),
+    ("depthwise_kernel", "depthwise_quantizer", "depthwise_regularizer"),
+)
 # exp() of anything above this overflows float32 (max 3.4e38); below -87.3 it leaves the normal range.
 _LOG_FLOAT32_MAX = math.log(np.finfo(np.float32).max)
 _LOG_FLOAT32_TINY = math.log(np.finfo(np.float32).tiny)
@@ -63,15 +66,17 @@ def _check_choice(value, choices, name):
     return value
 
 
+def is_binary_quantizer(quantizer):
+    """Whether a quantizer is binary, as `larq.layers_base._is_binary` decides: precision 1,
+    not the `NoOp` tag."""
+    return getattr(quantizer, "precision", None) == 1 and not isinstance(
+        quantizer, lq.quantizers.NoOp
+    )
+
+
 def is_binary(layer):
     """Whether a layer has a binary kernel quantizer, decided as larq does (`precision == 1`)."""
-    for attr in ("kernel_quantizer", "depthwise_quantizer"):
-        quantizer = getattr(layer, attr, None)
-        if getattr(quantizer, "precision", None) == 1 and not isinstance(
-            quantizer, lq.quantizers.NoOp
-        ):
-            return True
-    return False
+    return any(is_binary_quantizer(getattr(layer, q, None)) for _, q, _ in KERNEL_ATTRIBUTES)
 
 
 def binary_kernel(kernel):
@@ -395,7 +400,7 @@ def penalized_layers(model):
         if id(layer) in seen or not isinstance(layer, tf.keras.layers.Layer):
             continue
         seen.add(id(layer))
-        for weight_attr, reg_attr in KERNEL_ATTRIBUTES:
+        for weight_attr, _, reg_attr in KERNEL_ATTRIBUTES:
             regularizer = getattr(layer, reg_attr, None)
             weight = getattr(layer, weight_attr, None)
             if isinstance(regularizer, KernelPenalty) and weight is not None:

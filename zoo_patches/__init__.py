@@ -34,24 +34,13 @@ factory: same arguments plus `kernel_regularizer=`.
 import logging
 
 import larq_l1inf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before larq imports TensorFlow)
-import larq as lq
 
 from larq_l1inf._keras import tf
+from larq_l1inf.regularizers import KERNEL_ATTRIBUTES, is_binary_quantizer
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ZOO_MODELS", "binary_layers", "literature", "patch_model", "sota"]
-
-# (weight attribute, quantizer attribute, regularizer attribute) of larq's quantized layers.
-_KERNELS = (
-    ("kernel", "kernel_quantizer", "kernel_regularizer"),
-    ("depthwise_kernel", "depthwise_quantizer", "depthwise_regularizer"),
-)
-
-
-def _is_binary(quantizer):
-    # As larq.layers_base._is_binary: precision 1 and not a NoOp tag.
-    return getattr(quantizer, "precision", None) == 1 and not isinstance(quantizer, lq.quantizers.NoOp)
 
 
 def _all_layers(model):
@@ -71,8 +60,9 @@ def binary_layers(model):
     """
     found = []
     for layer in _all_layers(model):
-        for weight_attr, quantizer_attr, reg_attr in _KERNELS:
-            if hasattr(layer, reg_attr) and _is_binary(getattr(layer, quantizer_attr, None)):
+        for weight_attr, quantizer_attr, reg_attr in KERNEL_ATTRIBUTES:
+            quantizer = getattr(layer, quantizer_attr, None)
+            if hasattr(layer, reg_attr) and is_binary_quantizer(quantizer):
                 found.append((layer, weight_attr, reg_attr))
     return found
 
