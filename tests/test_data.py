@@ -1,4 +1,4 @@
-"""Datasets: scikit-learn digits (offline) and TFDS loading (error paths, mocked data)."""
+"""Datasets: the `load` registry and its sources, on files the tests write themselves."""
 
 import numpy as np
 import pytest
@@ -124,10 +124,91 @@ class TestTFDS:
 
         monkeypatch.setattr(data, "_prepared", lambda builder: True)
         monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", as_dataset)
-        x, y = data.load_tfds("cifar10", split="test", as_numpy=True)
+        x, y = data.load_tfds("cifar10", split="test", as_dataset=False)
         np.testing.assert_allclose(x, images / 255.0, rtol=1e-6)
         np.testing.assert_array_equal(y, labels)
         small = data.load_tfds("cifar10", split="test", batch_size=4, size=8)
         batch, _ = next(iter(small))
         assert batch.shape == (4, 8, 8, 3) and batch.dtype == tf.float32
         assert 0.0 <= float(tf.reduce_min(batch)) and float(tf.reduce_max(batch)) <= 1.0
+        with pytest.warns(DeprecationWarning, match="as_dataset=False"):
+            x_old, _ = data.load_tfds("cifar10", split="test", as_numpy=True)
+        np.testing.assert_array_equal(x_old, x)
+
+
+class TestRegistry:
+    def test_digits_data_interface(self):
+        d = data.load("digits", size=8, channels=1, seed=2, train_size=100)
+        assert d.name == "digits" and d.input_shape == (8, 8, 1) and d.num_classes == 10
+        assert d.class_names == [str(i) for i in range(10)]
+        assert d.splits == {"train": 100, "test": 360}
+        assert d.epsilon == (0.05, 0.1)
+        x, y = d.arrays("train")
+        assert x.dtype == np.float32 and y.dtype == np.int64 and x.shape == (100, 8, 8, 1)
+        np.testing.assert_array_equal(np.bincount(y), np.full(10, 10))  # stratified
+        # The subsample is drawn from load_digits' own training split.
+        (x_full, _), (x_test, y_test) = data.load_digits(size=8, channels=1, seed=2)
+        assert all(np.any(np.all(x_full == row, axis=(1, 2, 3))) for row in x[:10])
+        np.testing.assert_array_equal(d.arrays("test")[1], y_test)
+
+    def test_config_reproduces_the_load(self):
+        d = data.load("digits", size=8, seed=3, train_size=50, test_size=30)
+        again = data.load(**d.config)
+        for split in ("train", "test"):
+            for a, b in zip(d.arrays(split), again.arrays(split)):
+                np.testing.assert_array_equal(a, b)
+        other = data.load("digits", size=8, seed=4, train_size=50, test_size=30)
+        assert not np.array_equal(other.arrays("train")[0], d.arrays("train")[0])
+        assert all(isinstance(v, (str, int, float, list, type(None))) for v in d.config.values())
+
+    def test_dataset_shuffle_is_fixed_by_seed(self):
+        d = data.load("digits", size=8, channels=1, train_size=64)
+
+        def epochs(dataset, n=2):
+            return [np.concatenate([y.numpy() for _, y in dataset]) for _ in range(n)]
+
+        first = epochs(d.dataset("train", 16, shuffle=True, seed=5))
+        tf.random.uniform((3,))  # other random ops in between must not matter
+        np.random.rand(3)
+        second = epochs(d.dataset("train", 16, shuffle=True, seed=5))
+        other = epochs(d.dataset("train", 16, shuffle=True, seed=6))
+        for a, b in zip(first, second):
+            np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(first[0], first[1])  # reshuffled every epoch
+        assert not np.array_equal(first[0], other[0])
+        ordered = np.concatenate([y.numpy() for _, y in d.dataset("train", 16)])
+        np.testing.assert_array_equal(ordered, d.arrays("train")[1])
+        np.testing.assert_array_equal(np.sort(first[0]), np.sort(ordered))
+
+    def test_dataset_batches(self):
+        d = data.load("digits", size=8, train_size=50)
+        batches = list(d.dataset("train", 16, drop_remainder=True))
+        assert len(batches) == 3 and batches[0][0].shape == (16, 8, 8, 3)
+        assert batches[0][0].dtype == tf.float32 and batches[0][1].dtype == tf.int64
+        assert len(list(d.dataset("train", 16))) == 4
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="Unknown dataset 'nope'.*fashion_mnist.*mnist1d"):
+            data.load("nope")
+        with pytest.raises(TypeError, match="does not take.*'colour'.*channels"):
+            data.load("digits", colour=3)
+        with pytest.raises(ValueError, match="train_size = 5000 exceeds the 1437"):
+            data.load("digits", size=8, train_size=5000)
+        with pytest.raises(ValueError, match="train_size >= 10"):
+            data.load("digits", size=8, train_size=5)
+        with pytest.raises(ValueError, match="train_size"):
+            data.load("digits", size=8, train_size=0)
+        with pytest.raises(ValueError, match="test_fraction"):
+            data.load("digits", test_fraction=1.5)
+        d = data.load("digits", size=8, train_size=20)
+        with pytest.raises(ValueError, match="no split 'validation'.*test.*train"):
+            d.arrays("validation")
+        with pytest.raises(ValueError, match="batch_size"):
+            d.dataset("train", 0)
+
+    def test_augment_without_augmentation_warns(self, caplog):
+        d = data.load("digits", size=8, train_size=20)
+        with caplog.at_level("WARNING", logger="larq_l1inf.data"):
+            x = np.concatenate([b.numpy() for b, _ in d.dataset("train", 8, augment=True)])
+        assert "no training augmentation" in caplog.text
+        np.testing.assert_array_equal(x, d.arrays("train")[0])
