@@ -531,6 +531,8 @@ class TestMNIST1D:
             data.load("mnist1d", data_dir="/tmp", train_size=10, test_size=10)
         with pytest.raises(ValueError, match="test_size"):
             data.load("mnist1d", train_size=10, test_size=-1)
+        with pytest.raises(ValueError, match="train_size = 5; pass >= 10"):
+            data.load("mnist1d", train_size=5, test_size=10)
 
 
 # --------------------------------------------------------------------------- TFDS
@@ -599,5 +601,40 @@ class TestTFDSRegistry:
     def test_not_prepared(self, tmp_path):
         with pytest.raises(data.DatasetUnavailableError, match="not prepared.*manual_dir"):
             data.load("cifar100", data_dir=str(tmp_path))
+        with pytest.raises(data.DatasetUnavailableError, match="lacks.*ILSVRC2012_img_val.tar"):
+            data.load("imagenet2012", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path))
+        assert not (tmp_path / "tfds").exists()  # nothing half-written
         with pytest.raises(TypeError, match="manual_dir"):
             data.load("cifar10", data_dir=str(tmp_path), manual_dir=str(tmp_path))
+
+    def test_imagenet_streams(self, monkeypatch):
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (h, 9, 3), dtype=np.uint8) for h in (7, 12, 9)]
+        labels = np.array([3, 1, 999])
+
+        def ragged():
+            return tf.data.Dataset.from_generator(
+                lambda: zip(images, labels),
+                output_signature=(tf.TensorSpec((None, None, 3), tf.uint8),
+                                  tf.TensorSpec((), tf.int64)))
+
+        fake_tfds(monkeypatch, {})
+        import tensorflow_datasets as tfds
+
+        monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset",
+                            lambda self, split, as_supervised, shuffle_files: ragged())
+        monkeypatch.setattr(data, "_num_examples", lambda builder, split: 3)
+        d = data.load("imagenet2012", size=8)
+        assert d.splits == {"train": 3, "test": 3} and d.input_shape == (8, 8, 3)
+        assert d.num_classes == 1000
+        with pytest.raises(ValueError, match="does not fit in memory.*dataset"):
+            d.arrays("train")
+        with pytest.raises(ValueError, match="streamed; train_size"):
+            data.load("imagenet2012", size=8, train_size=2)
+        x, y = next(iter(d.dataset("test", 3, shuffle=True, augment=True)))
+        assert x.shape == (3, 8, 8, 3) and x.dtype == tf.float32
+        assert sorted(y.numpy().tolist()) == [1, 3, 999]
+        assert 0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1
+        x, _ = next(iter(d.dataset("test", 3)))
+        expected = tf.image.resize(images[0][None].astype(np.float32), (8, 8)) / 255.0
+        np.testing.assert_allclose(x[0], expected[0], atol=1e-6)
