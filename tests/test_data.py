@@ -209,6 +209,21 @@ class TestRegistry:
         with pytest.raises(ValueError, match="batch_size"):
             d.dataset("train", 0)
 
+    def test_validation_size_holds_out_part_of_train(self):
+        full = data.load("digits", size=8, channels=1)
+        d = data.load("digits", size=8, channels=1, validation_size=100, train_size=500)
+        assert list(d.splits) == ["train", "validation", "test"]
+        assert d.splits == {"train": 500, "validation": 100, "test": 360}
+        np.testing.assert_array_equal(np.bincount(d.arrays("validation")[1]), np.full(10, 10))
+        x_full = full.arrays("train")[0].reshape(1437, -1)
+        rows = {r.tobytes() for r in x_full}
+        train = {r.tobytes() for r in d.arrays("train")[0].reshape(500, -1)}
+        held = {r.tobytes() for r in d.arrays("validation")[0].reshape(100, -1)}
+        assert train <= rows and held <= rows and not train & held
+        assert data.load(**d.config).splits == d.splits
+        with pytest.raises(ValueError, match="leaves no training data"):
+            data.load("digits", size=8, validation_size=1437)
+
     def test_augment_without_augmentation_warns(self, caplog):
         d = data.load("digits", size=8, train_size=20)
         with caplog.at_level("WARNING", logger="larq_l1inf.data"):
@@ -400,6 +415,8 @@ class TestImageFolder:
         write_image_folder(tmp_path / "ok", per_class=10)
         with pytest.raises(ValueError, match="fractions"):
             data.load("image_folder", data_dir=tmp_path / "ok", fractions=(0.5, 0.5, 0.5))
+        with pytest.raises(ValueError, match="its own validation split"):
+            data.load("image_folder", data_dir=tmp_path / "ok", validation_size=3)
         with pytest.raises(ValueError, match="channels"):
             data.load("image_folder", data_dir=tmp_path / "ok", channels=2)
         write_image_folder(tmp_path / "few", per_class=3)
@@ -477,6 +494,15 @@ class TestWISDM:
         np.testing.assert_array_equal(x_test[:, 0, 0] // 1000, 1602)
         assert data.load(**d.config).splits == d.splits
 
+    def test_column_order_and_aliases(self, tmp_path):
+        rows = wisdm_rows()
+        plain = data.load("wisdm", data_dir=self.write_csv(tmp_path / "a.csv", rows), window=4)
+        shuffled = [(r[5], r[3], r[1], r[0], r[4]) for r in rows]  # z, x, activity, user, y
+        other = data.load("wisdm", window=4, data_dir=self.write_csv(
+            tmp_path / "b.csv", shuffled, header="Z-axis,x-axis,label,subject_id,y-axis"))
+        for split in ("train", "test"):
+            np.testing.assert_array_equal(plain.arrays(split)[0], other.arrays(split)[0])
+
     def test_errors(self, tmp_path, caplog):
         rows = wisdm_rows(length=6)
         with pytest.raises(ValueError, match=r"lacks the column\(s\) \['z'\].*user, activity"):
@@ -518,7 +544,8 @@ class TestMNIST1D:
         args.num_samples, args.train_split, args.seed = 150, 1.0, 3
         reference = make_dataset(args)
         both = np.concatenate([x, d.arrays("test")[0]])[..., 0]
-        ref = {tuple(np.float32(r).tolist()): int(c) for r, c in zip(reference["x"], reference["y"])}
+        ref = {tuple(np.float32(r).tolist()): int(c)
+               for r, c in zip(reference["x"], reference["y"])}
         labels = np.concatenate([y, d.arrays("test")[1]])
         assert len({tuple(r.tolist()) for r in both}) == 150
         assert all(ref[tuple(r.tolist())] == c for r, c in zip(both, labels))
