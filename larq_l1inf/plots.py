@@ -18,7 +18,8 @@ from larq_l1inf.regularizers import KERNEL_ATTRIBUTES, is_binary, is_binary_quan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["binary_layers", "feature_maps", "first_binary_conv", "read_history",
+__all__ = ["binary_layers", "feature_maps", "first_binary_conv", "first_binary_conv_outputs",
+           "read_history",
            "training_curves", "weight_histograms"]
 
 
@@ -92,6 +93,30 @@ def first_binary_conv(model):
     raise ValueError(f"Model {model.name!r} has no binary convolution (no conv layer with a "
                      "kernel quantizer of precision 1, e.g. larq's ste_sign); feature maps "
                      "need one.")
+
+
+def first_binary_conv_outputs(model, x):
+    """The outputs of a model's first binary convolution (before batch norm), at inference.
+
+    # Arguments
+    model: a functional or Sequential Keras model.
+    x: a batch of inputs.
+
+    # Returns
+    `(layer, outputs)`: the layer (`first_binary_conv`) and a NumPy array of its outputs.
+
+    # Raises
+    ValueError: when the model has no binary convolution, or the layer cannot be reached
+        from the model's input.
+    """
+    layer = first_binary_conv(model)
+    try:
+        probe = tf.keras.Model(model.inputs, layer.output)
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"Cannot read the output of {layer.name!r} from model "
+                         f"{model.name!r} ({error}); the first binary conv must be reachable "
+                         "from the model's input (a functional or Sequential model).") from error
+    return layer, probe(np.asarray(x, np.float32), training=False).numpy()
 
 
 # --------------------------------------------------------------------------- training curves
@@ -277,17 +302,10 @@ def feature_maps(models, x, x_noisy, path, channels=4):
         raise ValueError("`models` is empty; pass a dict name -> Keras model.")
     rows = []
     for name, model in models.items():
-        layer = first_binary_conv(model)
-        try:
-            probe = tf.keras.Model(model.inputs, layer.output)
-        except (ValueError, AttributeError) as error:
-            raise ValueError(f"Cannot read the output of {layer.name!r} from model {name!r} "
-                             f"({error}); the first binary conv must be reachable from the "
-                             "model's input (a functional or Sequential model).") from error
         input_shape = model.inputs[0].shape[1:]
         clean = _single_input(x, input_shape, "x")
         noisy = _single_input(x_noisy, input_shape, "x_noisy")
-        maps = probe(np.concatenate([clean, noisy]), training=False).numpy()
+        layer, maps = first_binary_conv_outputs(model, np.concatenate([clean, noisy]))
         count = maps.shape[-1]
         picked = list(range(min(channels, count))) if isinstance(channels, int) else list(channels)
         if not picked or min(picked) < 0 or max(picked) >= count:

@@ -294,6 +294,9 @@ class TestIDX:
         np.testing.assert_allclose(x[..., 0], files["t10k"][0] / 255.0, rtol=1e-6)
         np.testing.assert_array_equal(y, files["t10k"][1])
         assert x.dtype == np.float32 and y.dtype == np.int64
+        batches = list(d.dataset("test", 7))  # same values through tf.data as through arrays
+        np.testing.assert_array_equal(np.concatenate([b.numpy() for b, _ in batches]), x)
+        np.testing.assert_array_equal(np.concatenate([t.numpy() for _, t in batches]), y)
         f = data.load("fashion_mnist", data_dir=tmp_path / "idx", size=8, channels=3,
                       train_size=20)
         assert f.class_names[0] == "T-shirt/top" and f.input_shape == (8, 8, 3)

@@ -97,6 +97,27 @@ class TestFeatureMaps:
         y = lq.layers.QuantConv2D(2, 3, kernel_quantizer="ste_sign", name="one_bit")(y)
         assert plots.first_binary_conv(tf.keras.Model(inputs, y)).name == "one_bit"
 
+    def test_outputs_are_the_binary_convolution(self):
+        """The maps are sign(x) * sign(W) summed over the window: a NumPy loop agrees."""
+        model = float_then_binary((6, 6, 2))
+        stem, layer = model.get_layer("float_stem"), model.get_layer("first_binary")
+        x = uniform_inputs((2, 6, 6, 2)) - 0.5
+        found, maps = plots.first_binary_conv_outputs(model, x)
+        assert found is layer and maps.shape == (2, 6, 6, 6)
+        h = stem(x).numpy()  # the float stem feeds the binary conv
+        w = np.sign(layer.kernel.latent_variable.numpy())
+        w[w == 0] = 1
+        s = np.sign(h)
+        s[s == 0] = 1
+        padded = np.pad(s, ((0, 0), (1, 1), (1, 1), (0, 0)))  # larq pads with pad_values=0
+        expected = np.zeros_like(maps)
+        for n in range(2):
+            for i in range(6):
+                for j in range(6):
+                    for o in range(6):
+                        expected[n, i, j, o] = np.sum(padded[n, i:i + 3, j:j + 3] * w[..., o])
+        np.testing.assert_allclose(maps, expected, atol=1e-4)
+
     def test_writes_png_for_several_models(self, tmp_path):
         baseline = trained_like_batchnorm(float_then_binary())
         tf.keras.utils.set_random_seed(1)
