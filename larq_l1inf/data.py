@@ -211,6 +211,7 @@ class Data:
     splits: dict split name -> number of examples.
     config: plain values that reproduce the load: `data.load(**d.config)`.
     source: where the data came from (a path, a package), for logs.
+    test_users: (wisdm only) the users whose windows form the test split.
     """
 
     def __init__(self, name, *, input_shape, class_names, epsilon, config, arrays=None,
