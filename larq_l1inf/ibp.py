@@ -82,25 +82,51 @@ class UnsupportedLayerError(ValueError):
 
 
 class Interval:
-    """An elementwise interval `[lower, upper]` of one tensor (not a tuple, so `tf.nest`
-    treats it as one leaf)."""
+    """An elementwise interval of one tensor, held as `[lower, upper]` or as centre and
+    radius, whichever the producing layer had; the other form is computed on first use (an
+    affine layer reads and writes centre/radius, a monotone map lower/upper, so chains of
+    affine layers convert nothing). Not a tuple, so `tf.nest` treats it as one leaf."""
 
-    __slots__ = ("lower", "upper")
+    __slots__ = ("_lower", "_upper", "_centre", "_radius")
 
     def __init__(self, lower, upper):
-        self.lower, self.upper = lower, upper
+        self._lower, self._upper = lower, upper
+        self._centre = self._radius = None
 
     @classmethod
     def from_centre(cls, centre, radius):
-        return cls(centre - radius, centre + radius)
+        box = cls(None, None)
+        box._centre, box._radius = centre, radius
+        return box
+
+    @property
+    def lower(self):
+        if self._lower is None:
+            self._lower = self._centre - self._radius
+        return self._lower
+
+    @property
+    def upper(self):
+        if self._upper is None:
+            self._upper = self._centre + self._radius
+        return self._upper
 
     @property
     def centre(self):
-        return (self.upper + self.lower) / 2.0
+        if self._centre is None:
+            self._centre = (self._upper + self._lower) * 0.5
+        return self._centre
 
     @property
     def radius(self):
-        return (self.upper - self.lower) / 2.0
+        if self._radius is None:
+            self._radius = (self._upper - self._lower) * 0.5
+        return self._radius
+
+    @property
+    def is_centred(self):
+        """Whether the centre/radius form is at hand (no conversion needed)."""
+        return self._centre is not None
 
     def map(self, fn):
         """`[fn(l), fn(u)]` for a monotone non-decreasing `fn`."""
@@ -354,6 +380,9 @@ def _merge(layer, inputs, training):
     if isinstance(layer, layers.Subtract):
         a, b = inputs
         return Interval(a.lower - b.upper, a.upper - b.lower)
+    if isinstance(layer, (layers.Add, layers.Average)) and all(i.is_centred for i in inputs):
+        return Interval.from_centre(layer([i.centre for i in inputs]), tf.add_n([i.radius for i in inputs])
+                                    / (len(inputs) if isinstance(layer, layers.Average) else 1))
     return Interval(layer([i.lower for i in inputs]), layer([i.upper for i in inputs]))
 
 
