@@ -205,16 +205,23 @@ def _activate(layer, fn, box):
     )
 
 
-def _kinked(box, fn):
-    """Bounds of a piecewise-linear `fn` with one kink at 0 (PReLU/LeakyReLU with any slope):
-    the extremes are at the endpoints or at the kink."""
+def _kinked(box, fn, kink=0.0):
+    """Bounds of a piecewise-linear `fn` with one kink at `kink` (PReLU/LeakyReLU with any
+    slope, RPReLU, Maxout): the extremes are at the endpoints or at the kink."""
     fl, fu = fn(box.lower), fn(box.upper)
-    straddles = tf.logical_and(box.lower < 0, box.upper > 0)
-    zero = fn(tf.zeros_like(box.lower))
+    kink = tf.zeros_like(box.lower) + kink
+    straddles = tf.logical_and(box.lower < kink, box.upper > kink)
+    at_kink = fn(kink)
     lower = tf.minimum(fl, fu)
     upper = tf.maximum(fl, fu)
-    return Interval(tf.where(straddles, tf.minimum(lower, zero), lower),
-                    tf.where(straddles, tf.maximum(upper, zero), upper))
+    return Interval(tf.where(straddles, tf.minimum(lower, at_kink), lower),
+                    tf.where(straddles, tf.maximum(upper, at_kink), upper))
+
+
+def _endpoints_either_way(box, fn):
+    """Bounds of a monotone `fn` of unknown direction (a learned scale may be negative)."""
+    fl, fu = fn(box.lower), fn(box.upper)
+    return Interval(tf.minimum(fl, fu), tf.maximum(fl, fu))
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,6 +428,31 @@ def _base_rules():
 
 
 _RULES.extend(_base_rules())
+
+
+def _variant_rules():
+    """Rules for this package's BNN-variant layers whose forward pass is elementwise."""
+    from larq_l1inf import variants
+
+    def get(name):
+        return getattr(variants, name, None)
+
+    for name in ("EDESign", "DoReFaActivation"):  # elementwise sign / clip-and-round
+        if get(name) is not None:
+            register_monotone_quantizer(get(name))
+    rules = [
+        ("RSign", lambda layer, box, training: box.map(layer)),  # sign(x - alpha_c)
+        ("GradientQuantizer", lambda layer, box, training: box.map(layer)),  # identity forward
+        ("RPReLU", lambda layer, box, training: _kinked(box, layer, layer.gamma)),
+        ("Maxout", lambda layer, box, training: _kinked(box, layer)),
+        ("AdaBinActivation", lambda layer, box, training: _endpoints_either_way(box, layer)),
+    ]
+    for name, fn in rules:
+        if get(name) is not None:
+            _RULES.insert(0, (get(name), _single(fn)))
+
+
+_variant_rules()
 
 
 def _rule_for(layer):

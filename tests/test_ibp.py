@@ -261,3 +261,20 @@ def test_bad_inputs_raise_clear_errors():
         2, input_quantizer=lq.quantizers.SteTern(ternary_weight_networks=True), name="twn")])
     with pytest.raises(UnsupportedLayerError, match="twn"):
         interval_bounds(tern, np.zeros((1, 4), np.float32), 0.1)
+
+
+@pytest.mark.parametrize("variant", ["reactnet", "adabin"])
+def test_backbone_variants_are_bounded_soundly(variant):
+    """RSign/RPReLU (ReActNet), AdaBin's activation and Maxout."""
+    from larq_l1inf.backbones import resnet20
+
+    model = resnet20(variant, num_classes=3, input_shape=(8, 8, 3), width=2, logits=True)
+    _randomize(model)
+    for layer in model.submodules:  # non-trivial learned shifts and slopes
+        for name in ("alpha", "gamma", "zeta", "center"):
+            w = getattr(layer, name, None)
+            if isinstance(w, tf.Variable) and not isinstance(layer, L.BatchNormalization):
+                w.assign(np.full(w.shape, 0.05, np.float32))
+    x = uniform_inputs((2, 8, 8, 3))
+    lower, upper = _assert_contains(model, x, 0.01, count=200)
+    assert np.all(upper >= lower)
