@@ -33,7 +33,7 @@ layer) so the two can be compared.
         tf.keras.layers.Dense(3),
     ])
     report = bops(model)
-    print(report["total_bops"], report["total_macs"])  # 22540 7756
+    print(report["total_bops"], report["total_macs"])  # 153408 7500
     ```
 
 # References
