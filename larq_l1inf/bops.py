@@ -9,9 +9,9 @@ operations on bit-serial hardware, so a layer costs
 
 with $b_w$ ($b_a$) the precision of the layer's kernel (input) quantizer, a full-precision
 operand counted at `fp_bits` = 8 bits, and a multi-bit binary layer with M weight and N
-activation bases (`larq_l1inf.mbn`) counted as M x N binary convolutions. This is the count of
-Frickenstein et al. (sec. 3.3; their table 2 counts floating-point layers as 8-bit): it reproduces their
-ResNet-20 CIFAR-10 numbers (0.68e8 BOPs for XNOR-Net, 1.89e8 for 2-bit PACT, 25.95e8 for
+activation bases (`larq_l1inf.mbn`) counted as M x N binary convolutions. This is the count
+of Frickenstein et al. (sec. 3.3; their table 2 counts floating-point layers as 8-bit): it
+reproduces their ResNet-20 CIFAR-10 numbers (0.68e8 BOPs for XNOR-Net, 1.89e8 for 2-bit PACT, 25.95e8 for
 8-bit ResNet-20, 10.31e8 for MBN 5x5; `tests/test_bops.py`).
 
 MACs are counted as larq's `ModelProfile` counts them (kernel size x output positions), and
@@ -91,7 +91,7 @@ def _macs(layer):
 
 def layer_bops(layer, fp_bits=8):
     """One layer's entry: `{"name", "type", "macs", "weight_bits", "activation_bits", "bops",
-    "larq_macs"}`, or None for a layer without multiply-accumulates.
+    "larq_macs", "multibit"}`, or None for a layer without multiply-accumulates.
 
     A layer with `weight_bases` and `activation_bases` (a `larq_l1inf.mbn` layer) counts
     `weight_bases x activation_bases` binary MACs per MAC of one base pair.
@@ -103,16 +103,18 @@ def layer_bops(layer, fp_bits=8):
     if hasattr(layer, "weight_bases") and hasattr(layer, "activation_bases"):
         macs = int(layer.base_macs())
         w_bits, a_bits = int(layer.weight_bases), int(layer.activation_bases)
-        larq_macs = None
+        larq_macs, multibit = None, True
     elif isinstance(layer, _UNSUPPORTED_MAC_LAYERS):
-        raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}): BOPs not counted for this type.")
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}): BOPs not counted for this type.")
     elif isinstance(layer, (layers.Dense, layers.Conv1D, layers.Conv2D, layers.Conv3D,
                             layers.DepthwiseConv1D, layers.DepthwiseConv2D)):
         macs = _macs(layer)
-        kernel_q = getattr(layer, "kernel_quantizer", None) or getattr(layer, "depthwise_quantizer", None)
+        kernel_q = (getattr(layer, "kernel_quantizer", None)
+                    or getattr(layer, "depthwise_quantizer", None))
         w_bits = _precision(kernel_q, fp_bits)
         a_bits = _precision(getattr(layer, "input_quantizer", None), fp_bits)
-        larq_macs = lq.models.LayerProfile(layer).op_count("mac")
+        larq_macs, multibit = lq.models.LayerProfile(layer).op_count("mac"), False
     else:
         return None
     return {
@@ -123,6 +125,7 @@ def layer_bops(layer, fp_bits=8):
         "activation_bits": a_bits,
         "bops": macs * w_bits * a_bits,
         "larq_macs": None if larq_macs is None else int(larq_macs),
+        "multibit": multibit,
     }
 
 
@@ -151,10 +154,11 @@ def bops(model, fp_bits=8):
     ValueError: for `fp_bits < 1` or a layer whose MACs cannot be counted.
     """
     if int(fp_bits) != fp_bits or fp_bits < 1:
-        raise ValueError(f"`fp_bits` must be a positive integer (8 as in the paper), got {fp_bits!r}.")
+        raise ValueError(
+            f"`fp_bits` must be a positive integer (8 as in the paper), got {fp_bits!r}.")
     entries = [e for e in (layer_bops(layer, fp_bits) for layer in _walk(model)) if e]
     binary = sum(e["macs"] * e["weight_bits"] * e["activation_bits"] for e in entries
-                 if e["type"].startswith("MBN") or (e["weight_bits"] == 1 and e["activation_bits"] == 1))
+                 if e["multibit"] or (e["weight_bits"] == 1 and e["activation_bits"] == 1))
     return {
         "fp_bits": int(fp_bits),
         "total_bops": int(sum(e["bops"] for e in entries)),

@@ -274,7 +274,8 @@ def _affine_layer(layer, box, training=False):
             f"Layer {layer.name!r}: IBP supports channels_last only, got {layer.data_format!r}."
         )
     if getattr(layer, "groups", 1) != 1:
-        raise UnsupportedLayerError(f"Layer {layer.name!r}: grouped convolutions are not supported.")
+        raise UnsupportedLayerError(
+            f"Layer {layer.name!r}: grouped convolutions are not supported.")
     depthwise = isinstance(layer, (layers.DepthwiseConv2D, layers.DepthwiseConv1D))
     box = _quantize(layer, getattr(layer, "input_quantizer", None), box)
     kernel = _read_kernel(layer, "depthwise_kernel" if depthwise else "kernel")
@@ -388,8 +389,10 @@ def _merge(layer, inputs, training):
         a, b = inputs
         return Interval(a.lower - b.upper, a.upper - b.lower)
     if isinstance(layer, (layers.Add, layers.Average)) and all(i.is_centred for i in inputs):
-        return Interval.from_centre(layer([i.centre for i in inputs]), tf.add_n([i.radius for i in inputs])
-                                    / (len(inputs) if isinstance(layer, layers.Average) else 1))
+        radius = tf.add_n([i.radius for i in inputs])
+        if isinstance(layer, layers.Average):
+            radius = radius / len(inputs)
+        return Interval.from_centre(layer([i.centre for i in inputs]), radius)
     return Interval(layer([i.lower for i in inputs]), layer([i.upper for i in inputs]))
 
 
@@ -552,7 +555,8 @@ def propagate(model, box, training=False, logits=True, until=None):
     values = {}
     boxes = box if isinstance(box, (list, tuple)) else [box]
     if len(boxes) != len(model.inputs):
-        raise ValueError(f"Model {model.name!r} has {len(model.inputs)} inputs, got {len(boxes)} boxes.")
+        raise ValueError(
+            f"Model {model.name!r} has {len(model.inputs)} inputs, got {len(boxes)} boxes.")
     for tensor, b in zip(model.inputs, boxes):
         values[str(id(tensor))] = b
     for layer, in_ids, out_ids in _nodes(model):
@@ -562,7 +566,8 @@ def propagate(model, box, training=False, logits=True, until=None):
         result = _apply(layer, inputs if len(inputs) > 1 else inputs[0], training,
                         logits and layer in last_layers)
         if len(out_ids) != 1:
-            raise UnsupportedLayerError(f"Layer {layer.name!r} has {len(out_ids)} outputs; IBP needs one.")
+            raise UnsupportedLayerError(
+                f"Layer {layer.name!r} has {len(out_ids)} outputs; IBP needs one.")
         values[out_ids[0]] = result
     outputs = [values[str(id(t))] for t in model.outputs]
     return outputs[0] if len(outputs) == 1 else outputs
@@ -597,7 +602,8 @@ def input_box(x, epsilon, clip=(0.0, 1.0)):
     if clip is not None:
         lo, hi = (float(c) for c in clip)
         if not lo <= hi:
-            raise ValueError(f"`clip` must be (lo, hi) with lo <= hi, got {clip!r}; None for no clipping.")
+            raise ValueError(
+                f"`clip` must be (lo, hi) with lo <= hi, got {clip!r}; None for no clipping.")
         lower, upper = tf.clip_by_value(lower, lo, hi), tf.clip_by_value(upper, lo, hi)
     return Interval(lower, upper)
 
@@ -692,7 +698,8 @@ def certified_margin(model, x, y, epsilon, clip=(0.0, 1.0), training=False, fold
     classes = kernel.shape[-1]
     w_y = tf.transpose(tf.gather(kernel, y, axis=1))  # (batch, in)
     diff = w_y[:, :, None] - kernel[None]  # (batch, in, classes): w_y - w_j
-    margin = tf.einsum("bi,bij->bj", h.centre, diff) - tf.einsum("bi,bij->bj", h.radius, tf.abs(diff))
+    margin = (tf.einsum("bi,bij->bj", h.centre, diff)
+              - tf.einsum("bi,bij->bj", h.radius, tf.abs(diff)))
     if head.use_bias:
         margin = margin + tf.gather(head.bias, y)[:, None] - head.bias[None]
     onehot = tf.one_hot(y, classes, dtype=margin.dtype)

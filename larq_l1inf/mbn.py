@@ -113,7 +113,8 @@ class MultiBitLayer(tf.keras.layers.Layer):
         # Not `kernel_regularizer`: the core's penalized_layers() would read that as a penalty
         # on the latent float kernel; this layer computes its term itself (see `penalty`).
         self.bases_regularizer = tf.keras.regularizers.get(kernel_regularizer)
-        if self.bases_regularizer is not None and not isinstance(self.bases_regularizer, KernelPenalty):
+        reg = self.bases_regularizer
+        if reg is not None and not isinstance(reg, KernelPenalty):
             raise ValueError(
                 f"{type(self).__name__}: `kernel_regularizer` must be a larq_l1inf KernelPenalty "
                 f"(e.g. L1InfRegularizer), got {self.bases_regularizer!r}; it acts on the "
@@ -160,7 +161,8 @@ class MultiBitLayer(tf.keras.layers.Layer):
 
     def combined_kernel(self):
         """$\\sum_m \\alpha_m W_b^m$: the effective binary operator of the layer."""
-        return tf.add_n([self.weight_scale[m] * w for m, w in enumerate(self.weight_bases_tensors())])
+        bases = self.weight_bases_tensors()
+        return tf.add_n([self.weight_scale[m] * w for m, w in enumerate(bases)])
 
     def penalty(self):
         """This layer's L1,inf loss: `delta * t` (or `delta * log t`) with
@@ -210,7 +212,8 @@ class MultiBitLayer(tf.keras.layers.Layer):
         bases = self.weight_bases_tensors()
         outputs = []
         for n in range(self.activation_bases):
-            a = lq.quantizers.ste_sign(inputs + self.activation_shift[n], clip_value=self.clip_value)
+            a = lq.quantizers.ste_sign(inputs + self.activation_shift[n],
+                                       clip_value=self.clip_value)
             for m, kernel in enumerate(bases):
                 # one sign-input, +-1-kernel convolution per base pair: one LceBconv2d each
                 y = self.base_op(a, kernel, self.pad_values)
@@ -346,7 +349,8 @@ class MBNVariant(Variant):
         )
 
     def __repr__(self):
-        return f"Variant('mbn', weight_bases={self.weight_bases}, activation_bases={self.activation_bases})"
+        return (f"Variant('mbn', weight_bases={self.weight_bases}, "
+                f"activation_bases={self.activation_bases})")
 
     def binary_conv(self, x, filters, kernel_size, strides=1, kernel_regularizer=None, name=None):
         """One multi-bit binary conv (1-D or 2-D from `x`'s rank), `same` padding with +1."""

@@ -60,17 +60,21 @@ def _resnet20_chain(conv, stem_and_head_bits=None):
 
 
 def _quant(weight_q, input_q):
-    return lambda f, s: lq.layers.QuantConv2D(f, 3, strides=s, padding="same", use_bias=False,
-                                              kernel_quantizer=weight_q(), input_quantizer=input_q())
+    return lambda f, s: lq.layers.QuantConv2D(
+        f, 3, strides=s, padding="same", use_bias=False, kernel_quantizer=weight_q(),
+        input_quantizer=input_q())
 
 
 @pytest.mark.parametrize("name,conv,expected", [
     ("ResNet-20 8-bit", lambda f, s: L.Conv2D(f, 3, strides=s, padding="same"), 25.95),
     ("XNOR-Net", _quant(lq.quantizers.SteSign, lq.quantizers.SteSign), 0.68),
-    ("PACT-2", _quant(lambda: lq.quantizers.DoReFa(2, "weights"), lambda: lq.quantizers.DoReFa(2)), 1.89),
-    ("PACT-4", _quant(lambda: lq.quantizers.DoReFa(4, "weights"), lambda: lq.quantizers.DoReFa(4)), 6.70),
+    ("PACT-2", _quant(lambda: lq.quantizers.DoReFa(2, "weights"),
+                      lambda: lq.quantizers.DoReFa(2)), 1.89),
+    ("PACT-4", _quant(lambda: lq.quantizers.DoReFa(4, "weights"),
+                      lambda: lq.quantizers.DoReFa(4)), 6.70),
     ("MBN 3x1", lambda f, s: MBNConv2D(f, 3, strides=s, weight_bases=3, activation_bases=1), 1.49),
-    pytest.param("MBN 5x5", lambda f, s: MBNConv2D(f, 3, strides=s, weight_bases=5, activation_bases=5),
+    pytest.param("MBN 5x5",
+                 lambda f, s: MBNConv2D(f, 3, strides=s, weight_bases=5, activation_bases=5),
                  10.31, marks=pytest.mark.slow),  # 25 convs per layer: 30 s to build
     # The paper prints 3.98 for MBN 3x3 but 9 x 0.401 + 0.283 = 3.89: its ResNet-56 row
     # (11.54 = 9 x 1.251 + 0.28) follows the same count, so 3.98 is a transposition.

@@ -43,7 +43,8 @@ def every_layer_2d():
     x = L.BatchNormalization()(x)
     a = lq.layers.QuantConv2D(4, 3, padding="same", pad_values=1.0, **sign)(x)
     a = L.BatchNormalization()(a)
-    b = lq.layers.QuantDepthwiseConv2D(3, padding="same", pad_values=1.0, input_quantizer="approx_sign",
+    b = lq.layers.QuantDepthwiseConv2D(3, padding="same", pad_values=1.0,
+                                       input_quantizer="approx_sign",
                                        depthwise_quantizer="ste_sign", use_bias=False)(x)
     b = L.BatchNormalization()(b)
     x = L.Add()([a, b])
@@ -232,7 +233,8 @@ def test_certified_margin_folding_is_sound_and_not_looser():
     box = input_box(x, 0.01)
     rng = np.random.default_rng(0)
     for i in range(len(x)):
-        out = logits.predict(_samples(box.lower.numpy()[i], box.upper.numpy()[i], 300, rng), verbose=0)
+        points = _samples(box.lower.numpy()[i], box.upper.numpy()[i], 300, rng)
+        out = logits.predict(points, verbose=0)
         margin = out[:, y[i]] - np.max(np.delete(out, y[i], axis=1), axis=1)
         assert np.all(margin >= folded[i] - TOL)
     # at epsilon = 0 the margin is the clean margin
@@ -278,3 +280,16 @@ def test_backbone_variants_are_bounded_soundly(variant):
     x = uniform_inputs((2, 8, 8, 3))
     lower, upper = _assert_contains(model, x, 0.01, count=200)
     assert np.all(upper >= lower)
+
+
+def test_per_sample_epsilon_equals_separate_calls():
+    model = toy_bnn()
+    x = uniform_inputs((2, 8, 8, 3))
+    eps = np.array([0.0, 0.05], np.float32).reshape(2, 1, 1, 1)
+    lower, upper = interval_bounds(model, x, eps)
+    for i in range(2):
+        li, ui = interval_bounds(model, x[i:i + 1], float(eps[i, 0, 0, 0]))
+        np.testing.assert_allclose(lower.numpy()[i:i + 1], li.numpy(), atol=1e-5)
+        np.testing.assert_allclose(upper.numpy()[i:i + 1], ui.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="epsilon"):
+        interval_bounds(model, x, np.array([0.1, -0.1]).reshape(2, 1, 1, 1))

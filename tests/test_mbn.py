@@ -20,7 +20,8 @@ def _sign(v):
 
 @pytest.mark.parametrize("mbn,plain,shape", [
     (lambda: MBNConv2D(4, 3, strides=2, weight_bases=1, activation_bases=1),
-     lambda: lq.layers.QuantConv2D(4, 3, strides=2, padding="same", pad_values=1.0, **BINARY), (7, 7, 3)),
+     lambda: lq.layers.QuantConv2D(4, 3, strides=2, padding="same", pad_values=1.0, **BINARY),
+     (7, 7, 3)),
     (lambda: MBNConv1D(4, 3, weight_bases=1, activation_bases=1),
      lambda: lq.layers.QuantConv1D(4, 3, padding="same", pad_values=1.0, **BINARY), (9, 3)),
     (lambda: MBNDense(4, weight_bases=1, activation_bases=1),
@@ -38,7 +39,8 @@ def test_one_by_one_equals_the_plain_binary_layer_output_and_gradient(mbn, plain
         ya, yb = a(x), b(x)
         la, lb = tf.reduce_sum(ya * ya), tf.reduce_sum(yb * yb)
     np.testing.assert_allclose(ya.numpy(), yb.numpy(), atol=1e-5)
-    np.testing.assert_allclose(tape.gradient(la, x).numpy(), tape.gradient(lb, x).numpy(), atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(la, x).numpy(), tape.gradient(lb, x).numpy(),
+                               atol=1e-5)
     ga = tape.gradient(la, a.kernel)
     gb = tape.gradient(lb, b.kernel.latent_variable)
     np.testing.assert_allclose(ga.numpy(), gb.numpy(), atol=1e-4)
@@ -112,7 +114,8 @@ def test_serialization(tmp_path):
 
 
 @pytest.mark.parametrize("cls,kwargs,shape", [
-    (MBNConv1D, dict(filters=3, kernel_size=3, strides=2, weight_bases=2, activation_bases=1), (8, 2)),
+    (MBNConv1D, dict(filters=3, kernel_size=3, strides=2, weight_bases=2, activation_bases=1),
+     (8, 2)),
     (MBNDense, dict(units=3, weight_bases=1, activation_bases=2), (5,)),
 ])
 def test_config_and_h5_round_trip(cls, kwargs, shape, tmp_path):
