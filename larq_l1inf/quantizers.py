@@ -169,10 +169,12 @@ class MagnitudeSign(lq.quantizers.MagnitudeAwareSign):
 
     def scale(self, latent):
         """alpha per output channel, `mean |W|` over all other axes (differentiable)."""
+        latent = tf.convert_to_tensor(latent)
         return tf.reduce_mean(tf.abs(latent), axis=_channel_axes(latent))
 
     def binary_kernel(self, latent):
         """`sign(W)` without alpha, with the clipped straight-through estimator."""
+        latent = tf.convert_to_tensor(latent)
         return lq.quantizers.ste_sign(latent, clip_value=self.clip_value)
 
 
@@ -221,7 +223,7 @@ class XnorSign(MagnitudeSign):
         alpha = tf.stop_gradient(self.scale(inputs))
         fan_in = float(np.prod(inputs.shape[:-1]))
         ste = _clipped_ones(self.clip_value)
-        outputs = alpha * _sign_ste(inputs, lambda w: alpha * ste(w) + 1.0 / fan_in)
+        outputs = straight_through(lambda w: alpha * lq.math.sign(w), inputs, lambda w: alpha * ste(w) + 1.0 / fan_in)
         return _BaseQuantizer.call(self, outputs)
 
     def get_config(self):
@@ -282,12 +284,14 @@ class DoReFaWeight(lq.quantizers.DoReFa):
 
     def scale(self, latent):
         """`E|W|` over the layer for one bit (differentiable); 1 for k > 1 (no separate scale)."""
+        latent = tf.convert_to_tensor(latent)
         if self.k_bit == 1:
             return tf.reduce_mean(tf.abs(latent))
         return tf.ones((), latent.dtype)
 
     def binary_kernel(self, latent):
         """`sign(W)` (one bit, straight-through) or the k-bit levels in [-1, 1]."""
+        latent = tf.convert_to_tensor(latent)
         if self.k_bit == 1:
             return _sign_ste(latent)
         return super().call(latent)
@@ -436,11 +440,13 @@ class LibraPBSign(EDEMixin, _BaseQuantizer):
 
     def scale(self, latent):
         """`2^s` per output channel (a constant: the rounding has no gradient)."""
+        latent = tf.convert_to_tensor(latent)
         mean_abs = tf.reduce_mean(tf.abs(self.standardize(latent)), axis=_channel_axes(latent))
         return tf.stop_gradient(tf.pow(2.0, tf.round(tf.math.log(mean_abs) / math.log(2.0))))
 
     def binary_kernel(self, latent):
         """`sign(W_std)` without the `2^s` scale, EDE backward through the standardization."""
+        latent = tf.convert_to_tensor(latent)
         return _ede(self.standardize(latent), self.t, self.k)
 
     def call(self, inputs):
@@ -527,10 +533,12 @@ class ABCWeight(_BaseQuantizer):
 
     def scale(self, latent):
         """`sum_i |alpha_i|` (a constant, as alpha is)."""
+        latent = tf.convert_to_tensor(latent)
         return tf.reduce_sum(tf.abs(self.coefficients(latent)))
 
     def binary_kernel(self, latent):
         """`sum_i alpha_i B_i / sum_i |alpha_i|`: the effective kernel without its scale."""
+        latent = tf.convert_to_tensor(latent)
         alpha = self.coefficients(latent)
         # All-zero alpha (an all-zero kernel) would give 0/0; the floor keeps it finite.
         weights = alpha / tf.maximum(tf.reduce_sum(tf.abs(alpha)), 1e-12)
@@ -582,15 +590,18 @@ class AdaBinWeight(_BaseQuantizer):
 
     def center(self, latent):
         """beta_w per output channel, the mean (differentiable)."""
+        latent = tf.convert_to_tensor(latent)
         return tf.reduce_mean(latent, axis=_channel_axes(latent))
 
     def scale(self, latent):
         """alpha_w per output channel, the root mean square around the center (differentiable)."""
+        latent = tf.convert_to_tensor(latent)
         centred = latent - self.center(latent)
         return tf.maximum(tf.sqrt(tf.reduce_mean(tf.square(centred), axis=_channel_axes(latent))), 1e-12)
 
     def binary_kernel(self, latent):
         """`sign((w - beta_w) / alpha_w)`, the ±1 part of the adaptive set, with the STE."""
+        latent = tf.convert_to_tensor(latent)
         return _sign_ste((latent - self.center(latent)) / self.scale(latent))
 
     def call(self, inputs):
@@ -679,9 +690,6 @@ class CyclicSign(_BaseQuantizer):
 
     def deployment_issue(self):
         """Why a converted model would not reproduce this quantizer, or None (bits <= 0)."""
-        latent = tf.convert_to_tensor(latent)
-        latent = tf.convert_to_tensor(latent)
-        latent = tf.convert_to_tensor(latent)
         bits = float(self.bits.numpy())
         if bits <= 0:
             return None
