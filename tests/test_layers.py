@@ -4,6 +4,7 @@ larq-style round trip (functional, from_config, training step, Sequential, h5, S
 import numpy as np
 import pytest
 from helpers import layer_test
+from test_quantizers import docstring_examples
 
 from larq_l1inf import layers as L
 from larq_l1inf._keras import tf
@@ -120,3 +121,10 @@ class TestRoundTrip:
         layer = cls(**kwargs)
         clone = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
         assert type(clone) is cls and clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("block", docstring_examples(L), ids=lambda b: b.split("\n")[-2][:30])
+def test_docstring_examples_run(block):
+    import larq as lq
+
+    exec(block, {"lq": lq, "tf": tf, **{name: getattr(L, name) for name in L.__all__}})

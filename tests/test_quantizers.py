@@ -364,3 +364,23 @@ class TestCyclicDeployment:
             index = (x - x.min()) / ((x.max() - x.min()) / 255)
             ties = np.isclose(index - np.floor(index), 0.5, atol=1e-9)
             assert ties.sum() == 3, (gain, shift, index)
+
+
+def docstring_examples(module):
+    """The code of every `!!! example` block in the docstrings of a module and its classes."""
+    import inspect
+    import re
+    import textwrap
+
+    docs = [module.__doc__ or ""] + [inspect.getdoc(obj) or "" for _, obj in inspect.getmembers(module)
+                                     if inspect.isclass(obj) and obj.__module__ == module.__name__]
+    blocks = []
+    for doc in docs:
+        for match in re.finditer(r"!!! example\n(.*?)```python\n(.*?)```", doc, re.S):
+            blocks.append(textwrap.dedent(match.group(2)))
+    return blocks
+
+
+@pytest.mark.parametrize("block", docstring_examples(Q), ids=lambda b: b.split("(")[1][:30])
+def test_docstring_examples_run(block):
+    exec(block, {"lq": lq, "tf": tf, **{name: getattr(Q, name) for name in Q.__all__}})
