@@ -190,7 +190,9 @@ def _binary_layers(model):
 
 
 class TestMatrix:
-    @pytest.mark.parametrize("backbone", [c[0] for c in BACKBONE_CASES])
+    # ResNet-34 repeats ResNet-18's blocks (the slowest column, ~1/3 of the matrix): @slow.
+    @pytest.mark.parametrize("backbone", [pytest.param(c[0], marks=pytest.mark.slow) if c[0] == "resnet34" else c[0]
+                                          for c in BACKBONE_CASES])
     @pytest.mark.parametrize("variant", VARIANT_NAMES)
     def test_build_and_train_step(self, variant, backbone):
         model = _model(variant, backbone)
