@@ -119,12 +119,19 @@ class L1InfCallback(tf.keras.callbacks.Callback):
 # L1InfCallback above does not depend on it.
 # ============================================================================================
 
+import logging as _logging  # noqa: E402
+import math as _math  # noqa: E402
+
 import numpy as np  # noqa: E402
 
+from larq_l1inf._keras import tf as _tf  # noqa: E402
 from larq_l1inf.layers import GradientQuantizer  # noqa: E402
 from larq_l1inf.quantizers import CyclicSign, EDEMixin  # noqa: E402
 
-__all__ += [
+_schedule_log = _logging.getLogger(__name__)
+
+__all__ = [  # extends the list above
+    *__all__,
     "CyclicPrecisionSchedule",
     "EDESchedule",
     "cyclic_bits",
@@ -162,11 +169,11 @@ def ede_parameters(epoch, epochs, t_min=0.1, t_max=10.0):
     # Returns
     The pair `(t, k)`.
     """
-    t = t_min * 10.0 ** (epoch / epochs * math.log10(t_max / t_min))
+    t = t_min * 10.0 ** (epoch / epochs * _math.log10(t_max / t_min))
     return t, max(1.0 / t, 1.0)
 
 
-class EDESchedule(tf.keras.callbacks.Callback):
+class EDESchedule(_tf.keras.callbacks.Callback):
     r"""Keras callback: IR-Net's Error Decay Estimator schedule, assigned at every epoch start.
 
     Sets `t` and `k` of every `EDESign` / `LibraPBSign` in the model to
@@ -201,7 +208,7 @@ class EDESchedule(tf.keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if not any(isinstance(obj, EDEMixin) for obj in model_quantizers(self.model)):
-            log.warning("EDESchedule: the model has no EDESign/LibraPBSign quantizer; it does nothing.")
+            _schedule_log.warning("EDESchedule: the model has no EDESign/LibraPBSign quantizer; it does nothing.")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t, k = ede_parameters(epoch, self.epochs, self.t_min, self.t_max)
@@ -222,7 +229,7 @@ def cyclic_bits(step, period, low, high):
     The bit width at step `step` (a float).
     """
     phase = (step % period) / period
-    return float(np.rint(low + 0.5 * (high - low) * (1.0 + math.cos(math.pi * phase + math.pi))))
+    return float(np.rint(low + 0.5 * (high - low) * (1.0 + _math.cos(_math.pi * phase + _math.pi))))
 
 
 def set_cyclic_bits(model, bits, grad_bits=0):
@@ -245,7 +252,7 @@ def set_cyclic_bits(model, bits, grad_bits=0):
     return count
 
 
-class CyclicPrecisionSchedule(tf.keras.callbacks.Callback):
+class CyclicPrecisionSchedule(_tf.keras.callbacks.Callback):
     r"""Keras callback: CycleBNN's cyclic precision, assigned before every training batch.
 
     At step $i$, with period $T$ = `total_steps / cycles`, the forward bit width is
@@ -293,7 +300,7 @@ class CyclicPrecisionSchedule(tf.keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if not any(isinstance(obj, (CyclicSign, GradientQuantizer)) for obj in model_quantizers(self.model)):
-            log.warning("CyclicPrecisionSchedule: the model has no CyclicSign/GradientQuantizer; it does nothing.")
+            _schedule_log.warning("CyclicPrecisionSchedule: the model has no CyclicSign/GradientQuantizer; it does nothing.")
 
     def on_train_batch_begin(self, batch, logs=None):
         set_cyclic_bits(
