@@ -283,7 +283,8 @@ class TestRegistration:
         assert type(layer.kernel_quantizer) is ALIASES[alias]
         assert type(lq.quantizers.get(alias)) is ALIASES[alias]
 
-    @pytest.mark.parametrize("kernel,inputs", ROUND_TRIPS, ids=[str(r[0])[:40] for r in ROUND_TRIPS])
+    @pytest.mark.parametrize("kernel,inputs", ROUND_TRIPS,
+                             ids=[r[0] if isinstance(r[0], str) else r[0]["class_name"] for r in ROUND_TRIPS])
     def test_layer_round_trip(self, kernel, inputs, tmp_path):
         layer_test(lq.layers.QuantConv2D, dict(filters=2, kernel_size=3, kernel_quantizer=kernel,
                                                input_quantizer=inputs), (5, 5, 2), tmp_path)
