@@ -111,3 +111,204 @@ class L1InfCallback(tf.keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.warmup_epochs:
             self._set_factor(1.0)
+
+
+# ============================================================================================
+# Schedules of BNN variants (IR-Net's EDE, CycleBNN's cyclic precision).
+# This block belongs to the variants (larq_l1inf.quantizers / larq_l1inf.layers); the
+# L1InfCallback above does not depend on it.
+# ============================================================================================
+
+import logging as _logging  # noqa: E402
+import math as _math  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from larq_l1inf._keras import tf as _tf  # noqa: E402
+from larq_l1inf.layers import GradientQuantizer  # noqa: E402
+from larq_l1inf.quantizers import CyclicSign, EDEMixin  # noqa: E402
+
+_schedule_log = _logging.getLogger(__name__)
+
+__all__ = [  # extends the list above
+    *__all__,
+    "CyclicPrecisionSchedule",
+    "EDESchedule",
+    "cyclic_bits",
+    "ede_parameters",
+    "model_quantizers",
+    "set_cyclic_bits",
+]
+
+#: Layer attributes that hold a larq quantizer.
+QUANTIZER_ATTRIBUTES = ("kernel_quantizer", "input_quantizer", "depthwise_quantizer", "pointwise_quantizer")
+
+
+def model_quantizers(model):
+    """Every layer of `model` and every quantizer attached to one, each once, in model order.
+
+    # Arguments
+    model: a Keras model.
+
+    # Returns
+    A list of layers and quantizer objects.
+    """
+    seen, found = set(), []
+    for layer in [model, *model.submodules]:
+        for obj in [layer, *(getattr(layer, attr, None) for attr in QUANTIZER_ATTRIBUTES)]:
+            if obj is not None and id(obj) not in seen:
+                seen.add(id(obj))
+                found.append(obj)
+    return found
+
+
+def ede_parameters(epoch, epochs, t_min=0.1, t_max=10.0):
+    r"""IR-Net's EDE schedule at an epoch, $t = T_{min} 10^{\frac{i}{N}\log_{10}
+    \frac{T_{max}}{T_{min}}}$, $k = \max(1/t, 1)$ (Qin et al. CVPR 2020, eq. 14).
+
+    # Returns
+    The pair `(t, k)`.
+    """
+    t = t_min * 10.0 ** (epoch / epochs * _math.log10(t_max / t_min))
+    return t, max(1.0 / t, 1.0)
+
+
+class EDESchedule(_tf.keras.callbacks.Callback):
+    r"""Keras callback: IR-Net's Error Decay Estimator schedule, assigned at every epoch start.
+
+    Sets `t` and `k` of every `EDESign` / `LibraPBSign` in the model to
+    $t = T_{min} 10^{\frac{i}{N}\log_{10}\frac{T_{max}}{T_{min}}}$, $k = \max(1/t, 1)$ at
+    epoch $i$ of $N$ (`ede_parameters`), and logs `ede_t` into the epoch logs.
+
+    # Arguments
+    epochs: the number of training epochs N of the schedule.
+    t_min, t_max: the paper's 0.1 and 10.
+
+    # Raises
+    ValueError: for epochs < 1 or t_min/t_max not positive and ordered.
+
+    !!! example
+        ```python
+        model.fit(x, y, epochs=10, callbacks=[EDESchedule(epochs=10)])
+        ```
+
+    # References
+    - H. Qin et al. Forward and Backward Information Retention for Accurate Binary Neural
+      Networks. CVPR 2020, sec. 3.3, eq. 13-14.
+    """
+
+    def __init__(self, epochs, t_min=0.1, t_max=10.0):
+        super().__init__()
+        if int(epochs) < 1:
+            raise ValueError(f"`epochs` must be >= 1, got {epochs!r}.")
+        if not 0 < t_min < t_max:
+            raise ValueError(f"Need 0 < t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}.")
+        self.epochs, self.t_min, self.t_max = int(epochs), float(t_min), float(t_max)
+        self.t = None
+
+    def on_train_begin(self, logs=None):
+        if not any(isinstance(obj, EDEMixin) for obj in model_quantizers(self.model)):
+            _schedule_log.warning("EDESchedule: the model has no EDESign/LibraPBSign quantizer; it does nothing.")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t, k = ede_parameters(epoch, self.epochs, self.t_min, self.t_max)
+        for obj in model_quantizers(self.model):
+            if isinstance(obj, EDEMixin):
+                obj.set_ede(self.t, k)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.t is not None:
+            logs["ede_t"] = self.t
+
+
+def cyclic_bits(step, period, low, high):
+    r"""CycleBNN's cosine cycle, $\mathrm{rint}(b_{min} + \frac{b_{max} - b_{min}}{2}
+    (1 + \cos(\pi \frac{i \bmod T}{T} + \pi)))$: rises from `low` to `high` in every period.
+
+    # Returns
+    The bit width at step `step` (a float).
+    """
+    phase = (step % period) / period
+    return float(np.rint(low + 0.5 * (high - low) * (1.0 + _math.cos(_math.pi * phase + _math.pi))))
+
+
+def set_cyclic_bits(model, bits, grad_bits=0):
+    """Assign the bit width of every `CyclicSign` and `GradientQuantizer` in `model`.
+
+    `set_cyclic_bits(model, 0)` leaves the plain 1-bit network that is deployed (what
+    `CyclicPrecisionSchedule` does at the end of training).
+
+    # Returns
+    The number of objects assigned.
+    """
+    count = 0
+    for obj in model_quantizers(model):
+        if isinstance(obj, CyclicSign):
+            obj.bits.assign(float(bits))
+            count += 1
+        elif isinstance(obj, GradientQuantizer):
+            obj.bits.assign(float(grad_bits))
+            count += 1
+    return count
+
+
+class CyclicPrecisionSchedule(_tf.keras.callbacks.Callback):
+    r"""Keras callback: CycleBNN's cyclic precision, assigned before every training batch.
+
+    At step $i$, with period $T$ = `total_steps / cycles`, the forward bit width is
+    `cyclic_bits(i, T, *bits)` and the gradient bit width `cyclic_bits(i, T, *grad_bits)`
+    (Fontana et al. 2024, sec. 3; Fu et al. ICLR 2021, eq. 1). It assigns every `CyclicSign`
+    and `GradientQuantizer` in the model; at the end of training it sets `final_bits`
+    (default 0: plain sign, the deployed 1-bit network).
+
+    # Arguments
+    total_steps: training steps the cycles are spread over.
+    cycles: number of cosine cycles (the paper's `num_cyclic_period`).
+    bits: (b_min, b_max) for weights and activations; grad_bits likewise for gradients.
+    final_bits: bit width left in the quantizers after training (0 = plain sign).
+
+    # Raises
+    ValueError: for total_steps or cycles < 1, or bit ranges that are not 1 <= min <= max.
+
+    !!! example
+        ```python
+        model.fit(x, y, epochs=2, batch_size=32,
+                  callbacks=[CyclicPrecisionSchedule(total_steps=2 * len(x) // 32)])
+        ```
+
+    # References
+    - F. Fontana et al. CycleBNN: Cyclic Precision Training in Binary Neural Networks.
+      ECCV 2024 Workshops (arXiv:2410.00050), sec. 3.
+    - Y. Fu et al. CPT: Efficient Deep Neural Network Training via Cyclic Precision.
+      ICLR 2021, sec. 3.
+    """
+
+    def __init__(self, total_steps, cycles=8, bits=(2, 8), grad_bits=(6, 8), final_bits=0):
+        super().__init__()
+        if int(total_steps) < 1 or int(cycles) < 1:
+            raise ValueError(f"Need total_steps >= 1 and cycles >= 1, got {total_steps!r}, {cycles!r}.")
+        for name, pair in (("bits", bits), ("grad_bits", grad_bits)):
+            if len(pair) != 2 or not 1 <= pair[0] <= pair[1]:
+                raise ValueError(f"`{name}` must be (min, max) with 1 <= min <= max, got {pair!r}.")
+        self.total_steps, self.cycles = int(total_steps), int(cycles)
+        self.bits, self.grad_bits, self.final_bits = tuple(bits), tuple(grad_bits), final_bits
+        self.step = 0
+
+    @property
+    def period(self):
+        return max(self.total_steps / self.cycles, 1.0)
+
+    def on_train_begin(self, logs=None):
+        if not any(isinstance(obj, (CyclicSign, GradientQuantizer)) for obj in model_quantizers(self.model)):
+            _schedule_log.warning("CyclicPrecisionSchedule: the model has no CyclicSign/GradientQuantizer; it does nothing.")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        set_cyclic_bits(
+            self.model,
+            cyclic_bits(self.step, self.period, *self.bits),
+            cyclic_bits(self.step, self.period, *self.grad_bits),
+        )
+        self.step += 1
+
+    def on_train_end(self, logs=None):
+        set_cyclic_bits(self.model, self.final_bits, 0)

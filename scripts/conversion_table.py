@@ -74,6 +74,31 @@ match to < 2e-6) and not LCE's fusion: it is ties at exactly 0.
 So LCE is the exact one here; the mismatch is Keras' float rounding on ties that only an
 untrained BatchNormalization leaves in place. Nothing in the backbones is changed for it."""
 
+CYCLIC = """## CycleBNN at its initial 8 bits: rounding ties, not a converter bug
+
+CycleBNN's quantizers compute sign(Q_k(x)) with Q_k a per-sample (activations) or per-filter
+(weights) min-max grid of 2^k levels. At bits = 8, `--cyclebnn-bits 8` gave resnet20 a max abs
+diff of 0.98 (top-1 agreement 0.88) and resnet18-cifar 1.0, while VGG-small and conv1d agreed.
+Cause, found by comparing every binary conv's input and output between Keras and the
+Interpreter (resnet20, width 4): all inputs agree to 4e-6, the first three convs' outputs
+exactly, and the fourth conv's output differs by 8 (four flipped input bits, 2 each).
+
+- Binary-conv outputs are integers, and a BatchNormalization (or any affine map) keeps the
+  ratio (x - min) / (max - min); so (x - min) / step = 255 (k - k_min) / (k_max - k_min) with
+  small integers k, which is exactly j + 0.5, a rounding tie, for many values (3 of the 19
+  values of k in [-9, 9]); 76 of the 4096 quantized inputs of that fourth conv landed on a
+  different level in Keras and in the Interpreter.
+- Keras and the Interpreter compute x to within a few ulps (different op fusion) and
+  evaluate the quantizer's arithmetic with different kernels, so a tie rounds up in one and
+  down in the other. Where the two levels straddle 0 the sign flips; the residual backbones carry the
+  flip to the logits.
+- Trained-like BN statistics do not help (the ratio is scale-invariant), and no formula can
+  break a tie identically on inputs that already differ by ulps.
+
+At bits = 0 (what `CyclicPrecisionSchedule` leaves after training) the quantizer is a plain
+sign and every backbone agrees (table above). `CyclicSign.deployment_issue()` returns this
+explanation while bits > 0, for the deployment diagnosis to refuse or warn."""
+
 
 def binary_conv_count(model):
     """Quantized convs of the Keras model (the ones the variant meant to be binary)."""
@@ -109,17 +134,13 @@ def trained_like_batchnorm(model, seed=1):
                 layer.set_weights([v.astype(np.float32) for v in values])
 
 
-def deployed_state(model):
+def deployed_state(model, cyclic_bits=0):
     """Put schedule-driven quantizers in the state training leaves them in: CycleBNN's
     `CyclicPrecisionSchedule.on_train_end` sets bits = 0 (plain sign), the network that is
-    deployed. At the initial 8 bits Keras and LCE disagreed on the residual backbones
-    (resnet20 max abs diff 0.87, resnet18-cifar 1.0; VGG-small and conv1d agreed); the cause
-    was not investigated (a min-max level within rounding of 0 is the suspect)."""
-    from larq_l1inf.variants import CyclicSign, GradientQuantizer, _model_objects
+    deployed. At bits > 0 (`--cyclebnn-bits 8`) Keras and LCE disagree: see CYCLIC."""
+    from larq_l1inf.callbacks import set_cyclic_bits
 
-    for obj in _model_objects(model):
-        if isinstance(obj, (CyclicSign, GradientQuantizer)):
-            obj.bits.assign(0.0)
+    set_cyclic_bits(model, cyclic_bits)
 
 
 def plain_convert(model):
@@ -145,7 +166,7 @@ def row(variant, config, args):
     model = build(variant, config, args.width, args.image_size, args.signal_length, args.num_classes)
     if args.bn_stats == "trained":
         trained_like_batchnorm(model)
-    deployed_state(model)
+    deployed_state(model, args.cyclebnn_bits)
     entry["binary_convs"] = binary_conv_count(model)
     try:
         if args.export == "plain":
@@ -213,7 +234,7 @@ def markdown(rows, args):
         lines += ["", "`conv1d`: no variant's `QuantConv1D` became `LceBconv2d` (LCE binarizes 2-D "
                   "convolutions only), so the 1-D signal net runs its binary convs as float ops; "
                   "outputs still agree."]
-    lines += ["", TIES, "", "## Why a variant stays float", ""]
+    lines += ["", TIES, "", CYCLIC, "", "## Why a variant stays float", ""]
     for name in sorted({r["variant"] for r in rows}):
         variant = get_variant(name)
         kind = "binarizable" if variant.lce_binary else "not binarizable by LCE"
@@ -235,6 +256,8 @@ def main(argv=None):
                         help="BatchNormalization statistics: trained-like (default) or as initialised")
     parser.add_argument("--export", choices=("keras", "plain"), default="keras",
                         help="keras: deploy.convert in a subprocess; plain: in-process, ~5x faster")
+    parser.add_argument("--cyclebnn-bits", type=float, default=0.0,
+                        help="CycleBNN's CyclicSign bits: 0 = deployed state (default), 8 = initial training state")
     parser.add_argument("--json", default="results/conversion_table.json")
     parser.add_argument("--markdown", default="docs/conversion_table.md")
     args = parser.parse_args(argv)
