@@ -465,6 +465,22 @@ def _stage_outputs(model, stages, role):
     return outs
 
 
+def _matching_stages(student, teacher, stages, student_outs):
+    """The teacher's stages: the same names, else the same positions in a layer-for-layer
+    twin (same layer classes), else `find_stages(teacher, like=...)`."""
+    names = {layer.name for layer in teacher.layers}
+    if all(isinstance(s, str) and s in names for s in stages):
+        return list(stages)
+    s_layers, t_layers = student.layers, teacher.layers
+    if [type(a) for a in s_layers] == [type(b) for b in t_layers]:
+        index = {id(layer): i for i, layer in enumerate(s_layers)}
+        picked = [t_layers[index[id(student.get_layer(index=s) if isinstance(s, int)
+                                      else student.get_layer(s))]] for s in stages]
+        if all(p.output.shape[1:] == o.shape[1:] for p, o in zip(picked, student_outs)):
+            return [p.name for p in picked]
+    return find_stages(teacher, like=[o.shape[1:] for o in student_outs])
+
+
 def _stage_activation(name, role):
     """The nonlinearity applied to tapped stage outputs: "hardtanh", a Keras activation
     name, or None."""
@@ -539,7 +555,8 @@ class LCRModel(tf.keras.Model):
         stages: names (or indices) of the student layers whose outputs are the stage
             activations, input to output (at least two); None finds them (`find_stages`).
         teacher_stages: the corresponding teacher layers; None takes the `stages` names if
-            the teacher has them all, else finds the stages of the same shapes.
+            the teacher has them all, else the layers at the same positions if the teacher
+            is a layer-for-layer twin, else finds the teacher stages of the same shapes.
         lam: the effective LCR weight (>= 0); None for the official
             `8 / (batch_size * 1e4)` (`official_lam`) with each step's batch size.
         beta: weighting base, pair `k` of `S-1` pairs weighted `beta^-(S-1-k)` (> 0).
@@ -597,11 +614,7 @@ class LCRModel(tf.keras.Model):
             )
         student_outs = _stage_outputs(student, stages, "student")
         if teacher_stages is None:
-            names = {layer.name for layer in teacher.layers}
-            if all(isinstance(s, str) and s in names for s in stages):
-                teacher_stages = list(stages)
-            else:
-                teacher_stages = find_stages(teacher, like=[t.shape[1:] for t in student_outs])
+            teacher_stages = _matching_stages(student, teacher, stages, student_outs)
         teacher_stages = list(teacher_stages)
         if len(stages) != len(teacher_stages):
             raise ValueError(

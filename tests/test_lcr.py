@@ -6,7 +6,7 @@ import larq_l1inf  # noqa: F401,I001  (first: sets TF_USE_LEGACY_KERAS before la
 import larq as lq
 import numpy as np
 import pytest
-from helpers import BINARY, trained_like_batchnorm, uniform_inputs
+from helpers import BINARY, toy_bnn, trained_like_batchnorm, uniform_inputs
 
 from larq_l1inf import backbones
 from larq_l1inf._keras import tf
@@ -343,6 +343,18 @@ class TestAutomaticStages:
         consumers = [layer for layer in model.layers
                      if any(s in _parents(layer) for s in stages[-1:])]
         assert [type(c).__name__ for c in consumers] == ["GlobalAveragePooling2D"]
+
+    def test_teacher_twin_matched_by_position(self):
+        """Two builds of one architecture: automatic names differ, positions do not."""
+        student, twin = toy_bnn(), toy_bnn(name="twin")
+        model = LCRModel(student, twin)
+        assert len(model.stages) == 2 and model.stages != model.teacher_stages
+        index = [[layer.name for layer in m.layers].index(s)
+                 for m, stages in ((student, model.stages), (twin, model.teacher_stages))
+                 for s in stages]
+        assert index[:2] == index[2:]
+        assert all(isinstance(student.get_layer(s), tf.keras.layers.BatchNormalization)
+                   for s in model.stages)
 
     def test_mismatched_teacher_needs_teacher_stages(self):
         student = backbones.resnet20("bnn", input_shape=(8, 8, 3), width=2)
