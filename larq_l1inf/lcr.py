@@ -528,6 +528,7 @@ class LCRModel(tf.keras.Model):
 
     !!! example
         ```python
+        import larq_l1inf  # first: selects Keras 2 (tf_keras), which larq needs
         import numpy as np
         import tensorflow as tf
         from larq_l1inf import L1InfRegularizer
