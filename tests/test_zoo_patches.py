@@ -45,7 +45,7 @@ class TestPatchEveryZooModel:
     @pytest.mark.parametrize("name", ZOO_NAMES)
     def test_same_weights_outputs_penalty_and_step(self, name):
         model, size = _build(name)
-        x = np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32)
+        x = uniform_inputs((1, size, size, 3), seed=0)
         weights = model.get_weights()
         out = model(x, training=False).numpy()
         binary = zoo_patches.binary_layers(model)
@@ -113,7 +113,7 @@ class TestPatchModel:
         model.save(path)
         loaded = tf.keras.models.load_model(path, compile=False)  # no custom_objects
         assert len(loaded.losses) == n
-        x = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)
+        x = uniform_inputs((1, 32, 32, 3), seed=0)
         np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
         assert float(penalty(loaded)) == pytest.approx(float(penalty(model)), rel=1e-5)
 

@@ -72,7 +72,14 @@ def binary_layers(model):
     """`(layer, weight_attr, regularizer_attr)` for every binary kernel of a model.
 
     Binary = the kernel's quantizer has `precision == 1` (and is not `NoOp`), the rule larq
-    uses; nested models are searched too.
+    uses (`larq_l1inf.regularizers.is_binary_quantizer`); nested models are searched too.
+
+    # Arguments
+        model: a Keras model.
+
+    # Returns
+        List of `(layer, weight attribute, regularizer attribute)`, e.g.
+        `(conv, "kernel", "kernel_regularizer")`.
     """
     found = []
     for layer in _all_layers(model):
