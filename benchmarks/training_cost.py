@@ -1,20 +1,20 @@
-"""Training cost per step of the penalties on one ResNet-20-style BNN, interleaved in one run.
+"""Training cost per step of the penalties on one binary ResNet-20, interleaved in one run.
 
 Compared (same model, same batch, same optimizer): no penalty, L1,inf (`L1InfRegularizer`,
-default settings), L1, L2 (spectral norm), L-inf (Absum), LCR (`LCRModel`: one student pass
-with its stage outputs, plus the full-precision teacher's forward pass up to its last stage,
-inference mode, no gradient; the teacher's pass is counted, it is the extra cost LCR pays)
-and LCR + L1,inf. Each repeat times `--steps` training steps of every method in a shuffled
-order; the figure per method is the median over repeats of the mean step time, reported as a
-ratio to no penalty. Per-epoch time is seconds per step times `ceil(--epoch-size / --batch)`.
+default settings), L1, L2 (spectral norm), L-inf (Absum), LCR (`LCRModel` with its automatic
+stages and official defaults: one student pass with its stage outputs, plus the
+full-precision teacher's forward pass up to its last stage, in training mode, no gradient;
+the teacher's pass is counted, it is the extra cost LCR pays) and LCR + L1,inf. Each repeat
+times `--steps` training steps of every method in a shuffled order; the figure per method is
+the median over repeats of the mean step time, reported as a ratio to no penalty. Per-epoch
+time is seconds per step times `ceil(--epoch-size / --batch)`.
 
     python benchmarks/training_cost.py --batch 128 --steps 5 --repeats 3
 
-The model: a float 3x3 stem (16 channels), three stages of three basic blocks (16, 32, 64
-channels) with binary 3x3 convolutions (`ste_sign` inputs and kernels, `weight_clip`), batch
-norm, identity shortcuts (average pool + float 1x1 conv when the shape changes), global
-average pooling and a float classifier: 18 binary convolutions, as in the ResNet-20 used for
-LCR's CIFAR-10 experiments. Data are random tensors held in memory (the input pipeline is
+The model is `larq_l1inf.backbones.resnet20` (variant `bnn`: `ste_sign` inputs and kernels,
+`weight_clip`; float stem, shortcuts and head; 18 binary 3x3 convolutions, as in the
+ResNet-20 of LCR's CIFAR-10 experiments); the teacher is the same builder with float convs
+and a ReLU after each block. Data are random tensors held in memory (the input pipeline is
 not measured). SGD with momentum 0.9, as the paper trains.
 """
 
@@ -39,44 +39,13 @@ from larq_l1inf.baselines import (  # noqa: E402
     L1Regularizer,
     SpectralNormRegularizer,
 )
+from larq_l1inf.backbones import resnet20  # noqa: E402
 from larq_l1inf.lcr import LCRModel  # noqa: E402
+from larq_l1inf.variants import Variant  # noqa: E402
 
-STAGES = ["stage1", "stage2", "stage3"]
 METHODS = ["none", "l1inf", "l1", "l2", "linf", "lcr", "lcr+l1inf"]
-
-
-def resnet20(binary=True, regularizer=None, num_classes=10, input_shape=(32, 32, 3), name=None):
-    """ResNet-20-style network; `binary=False` gives the same architecture in full precision."""
-    q = (dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign",
-              kernel_constraint="weight_clip", kernel_regularizer=regularizer)
-         if binary else {})
-    inp = tf.keras.Input(input_shape)
-    x = tf.keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(inp)
-    x = tf.keras.layers.BatchNormalization()(x)
-    filters_in = 16
-    for s, filters in enumerate((16, 32, 64)):
-        for b in range(3):
-            strides = 2 if (b == 0 and s > 0) else 1
-            shortcut = x
-            if strides != 1 or filters != filters_in:
-                shortcut = tf.keras.layers.AveragePooling2D(strides)(shortcut)
-                shortcut = tf.keras.layers.Conv2D(filters, 1, use_bias=False)(shortcut)
-                shortcut = tf.keras.layers.BatchNormalization()(shortcut)
-            y = x
-            for c in range(2):
-                y = lq.layers.QuantConv2D(filters, 3, strides=strides if c == 0 else 1,
-                                          padding="same", pad_values=1.0 if binary else 0.0,
-                                          use_bias=False, **q)(y)
-                y = tf.keras.layers.BatchNormalization()(y)
-                if c == 0 and not binary:
-                    y = tf.keras.layers.Activation("relu")(y)
-            x = tf.keras.layers.Add()([y, shortcut])
-            if b == 2:  # stage output, tapped by LCR
-                x = tf.keras.layers.Activation("linear", name=STAGES[s])(x)
-            filters_in = filters
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    out = tf.keras.layers.Dense(num_classes)(x)
-    return tf.keras.Model(inp, out, name=name or ("bnn20" if binary else "fp20"))
+#: The teacher: the student's architecture with float convs and a ReLU after each block.
+FLOAT = Variant("float", lambda: None, None, lce_binary=False, activation=tf.keras.layers.ReLU)
 
 
 def build(method, input_shape, num_classes, lcr_lam):
@@ -89,11 +58,12 @@ def build(method, input_shape, num_classes, lcr_lam):
         "lcr": None,
         "lcr+l1inf": larq_l1inf.L1InfRegularizer(5e-3),
     }
-    student = resnet20(True, regs[method], num_classes, input_shape)
+    common = dict(num_classes=num_classes, input_shape=input_shape, logits=True)
+    student = resnet20("bnn", kernel_regularizer=regs[method], **common)
     model = student
     if method.startswith("lcr"):
-        teacher = resnet20(False, None, num_classes, input_shape)
-        model = LCRModel(student, teacher, STAGES, lam=lcr_lam)
+        teacher = resnet20(FLOAT, **common)
+        model = LCRModel(student, teacher, lam=lcr_lam)  # automatic stages
     model.compile(tf.keras.optimizers.SGD(0.1, momentum=0.9),
                   tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
@@ -108,7 +78,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after tracing")
     p.add_argument("--epoch-size", type=int, default=50000, help="samples per epoch (CIFAR-10)")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--lcr-lam", type=float, default=1e-4)
+    p.add_argument("--lcr-lam", type=float, default=None,
+                   help="LCR weight (default: the official 8 / (batch * 1e4))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/training_cost.json")
     args = p.parse_args(argv)
@@ -174,7 +145,9 @@ def main(argv=None):
         "benchmark": "training_cost",
         "command": "python benchmarks/training_cost.py " + " ".join(argv or sys.argv[1:]),
         "config": {**vars(args), "methods": methods, "steps_per_epoch": steps_per_epoch,
-                   "model": "ResNet-20-style BNN, 18 binary 3x3 convs, float stem/shortcuts/head"},
+                   "model": "larq_l1inf.backbones.resnet20('bnn'), 18 binary 3x3 convs, "
+                             "float stem/shortcuts/head; LCR teacher: same with float convs "
+                             "+ ReLU, automatic stages"},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "tensorflow": tf.__version__, "larq": lq.__version__ if hasattr(
                         lq, "__version__") else "0.14",

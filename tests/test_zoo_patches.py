@@ -1,9 +1,13 @@
 """Tests of zoo_patches: every larq-zoo model gets the penalty, weights and outputs unchanged."""
 
+import logging
+import os
+
 import larq as lq
 import larq_zoo
 import numpy as np
 import pytest
+from helpers import BINARY, toy_bnn, uniform_inputs
 
 import zoo_patches
 from larq_l1inf import L1InfRegularizer, deploy, penalty
@@ -41,7 +45,7 @@ class TestPatchEveryZooModel:
     @pytest.mark.parametrize("name", ZOO_NAMES)
     def test_same_weights_outputs_penalty_and_step(self, name):
         model, size = _build(name)
-        x = np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32)
+        x = uniform_inputs((1, size, size, 3), seed=0)
         weights = model.get_weights()
         out = model(x, training=False).numpy()
         binary = zoo_patches.binary_layers(model)
@@ -75,20 +79,12 @@ class TestPatchEveryZooModel:
         assert all(not np.array_equal(b, k.numpy()) for b, k in zip(before, kernels))
 
 
-def _tiny_binary_model():
-    inputs = tf.keras.Input((6, 6, 2))
-    x = lq.layers.QuantConv2D(3, 3, input_quantizer="ste_sign", kernel_quantizer="ste_sign",
-                              kernel_constraint="weight_clip", use_bias=False, name="bconv")(inputs)
-    x = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.BatchNormalization()(x))
-    return tf.keras.Model(inputs, tf.keras.layers.Dense(2)(x))
-
-
 class TestPatchModel:
     def test_clone_keeps_original_and_weights(self):
-        model = _tiny_binary_model()
-        x = np.random.default_rng(0).random((2, 6, 6, 2), dtype=np.float32)
+        model = toy_bnn()
+        x = uniform_inputs((2, 8, 8, 3))
         clone = zoo_patches.patch_model(model, L1InfRegularizer(5e-3), clone=True)
-        assert clone is not model and not penalized_layers(model) and len(penalized_layers(clone)) == 1
+        assert clone is not model and not penalized_layers(model) and len(penalized_layers(clone)) == 2
         for a, b in zip(model.get_weights(), clone.get_weights()):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(clone(x).numpy(), model(x).numpy())
@@ -96,7 +92,7 @@ class TestPatchModel:
     def test_errors(self):
         with pytest.raises(TypeError, match="tf.keras.Model"):
             zoo_patches.patch_model("model", L1InfRegularizer())
-        model = _tiny_binary_model()
+        model = toy_bnn()
         with pytest.raises(TypeError, match="regularizer"):
             zoo_patches.patch_model(model, 3)
         zoo_patches.patch_model(model, L1InfRegularizer(1e-3))
@@ -117,7 +113,7 @@ class TestPatchModel:
         model.save(path)
         loaded = tf.keras.models.load_model(path, compile=False)  # no custom_objects
         assert len(loaded.losses) == n
-        x = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)
+        x = uniform_inputs((1, 32, 32, 3), seed=0)
         np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
         assert float(penalty(loaded)) == pytest.approx(float(penalty(model)), rel=1e-5)
 
@@ -129,3 +125,75 @@ class TestPatchModel:
         )
         flatbuffer = deploy.convert(model, binarized="ignore")
         assert deploy.op_counts(flatbuffer).get("LceBconv2d", 0) == len(zoo_patches.binary_layers(model))
+
+
+@lq.utils.register_keras_custom_object
+def box_initializer(shape, dtype=None):
+    """A registered plain-function initializer, as larq-zoo's `blurpool_initializer` is."""
+    return tf.ones(shape, dtype=dtype) / float(shape[0] * shape[1])
+
+
+def blur_model(initializer=box_initializer):
+    """QuickNet's pattern at toy size: a frozen depthwise blur with a function initializer."""
+    inputs = tf.keras.Input((8, 8, 2))
+    x = tf.keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, trainable=False,
+                                        depthwise_initializer=initializer)(inputs)
+    x = lq.layers.QuantConv2D(4, 3, padding="same", pad_values=1.0, **BINARY)(x)
+    x = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.BatchNormalization()(x))
+    return tf.keras.Model(inputs, tf.keras.layers.Dense(2)(x))
+
+
+#: Every format tf_keras 2.16 saves: legacy h5, SavedModel directory, and the .keras zip.
+FORMATS = ["model.h5", "saved_model", "model.keras"]
+
+
+class TestSaveFormats:
+    def test_function_initializer_breaks_h5_unpatched(self, tmp_path):
+        path = str(tmp_path / "model.h5")
+        blur_model().save(path)
+        with pytest.raises(TypeError, match="Unknown initializer"):
+            tf.keras.models.load_model(path, compile=False)
+
+    @pytest.mark.parametrize("name", FORMATS)
+    def test_patched_model_loads_from_every_format(self, tmp_path, name):
+        model = zoo_patches.patch_model(blur_model(), L1InfRegularizer(5e-3))
+        assert isinstance(model.layers[1].depthwise_initializer, zoo_patches.FunctionInitializer)
+        x = uniform_inputs((2, 8, 8, 2))
+        path = os.path.join(str(tmp_path), name)
+        model.save(path)
+        loaded = tf.keras.models.load_model(path, compile=False)  # no custom_objects
+        np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+        assert len(penalized_layers(loaded)) == 1
+        assert float(penalty(loaded)) == pytest.approx(float(penalty(model)), rel=1e-5)
+
+    def test_initializer_gives_the_same_values(self):
+        wrapped = zoo_patches.FunctionInitializer("box_initializer")
+        np.testing.assert_array_equal(wrapped((3, 3, 2, 1)).numpy(),
+                                      box_initializer((3, 3, 2, 1), "float32").numpy())
+        rebuilt = tf.keras.Model.from_config(zoo_patches.patch_model(
+            blur_model(), L1InfRegularizer()).get_config())
+        np.testing.assert_array_equal(rebuilt.layers[1].depthwise_kernel.numpy(),
+                                      box_initializer((3, 3, 2, 1), "float32").numpy())
+        with pytest.raises(ValueError, match="registered"):
+            zoo_patches.FunctionInitializer("not_registered")((3, 3, 2, 1))
+
+    def test_unregistered_function_initializer_warns(self, caplog):
+        def local_initializer(shape, dtype=None):
+            return tf.ones(shape, dtype=dtype)
+
+        with caplog.at_level(logging.WARNING, logger="zoo_patches"):
+            zoo_patches.patch_model(blur_model(local_initializer), L1InfRegularizer())
+        assert "local_initializer" in caplog.text and ".keras" in caplog.text
+
+    def test_quicknet_loads_from_h5(self, tmp_path):
+        """larq-zoo's own blur pool: QuickNetSmall (weights=None) through the wrapper."""
+        model = zoo_patches.sota.QuickNetSmall(
+            input_shape=(32, 32, 3), num_classes=2, weights=None,
+            kernel_regularizer=L1InfRegularizer(5e-3),
+        )
+        path = str(tmp_path / "quicknet.h5")
+        model.save(path)
+        loaded = tf.keras.models.load_model(path, compile=False)
+        x = uniform_inputs((1, 32, 32, 3))
+        np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+        assert len(loaded.losses) == len(zoo_patches.binary_layers(model))

@@ -19,6 +19,12 @@ Two ways, both exact (same weights, same outputs, the model trains, saves, loads
 `zoo_patches.literature.<Model>` and `zoo_patches.sota.<Model>` wrap every larq-zoo model
 factory: same arguments plus `kernel_regularizer=`.
 
+Saving: larq-zoo's QuickNet models build their blur pool with a plain function initializer
+(`blurpool_initializer`), which Keras' h5 format cannot load back ("Unknown initializer:
+'function'") even unpatched. `patch_model` and the wrappers replace such an initializer by a
+registered `FunctionInitializer` naming the same function (`make_loadable`), so a patched
+model loads from h5, SavedModel and `.keras` alike (`import zoo_patches` before loading).
+
 !!! example
     ```python
     import larq_l1inf
@@ -32,7 +38,9 @@ factory: same arguments plus `kernel_regularizer=`.
 """
 
 import logging
+import types
 
+import larq as lq
 import larq_l1inf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before larq imports TensorFlow)
 
 from larq_l1inf._keras import tf
@@ -40,7 +48,15 @@ from larq_l1inf.regularizers import KERNEL_ATTRIBUTES, is_binary_quantizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ZOO_MODELS", "binary_layers", "literature", "patch_model", "sota"]
+__all__ = [
+    "FunctionInitializer",
+    "ZOO_MODELS",
+    "binary_layers",
+    "literature",
+    "make_loadable",
+    "patch_model",
+    "sota",
+]
 
 
 def _all_layers(model):
@@ -56,7 +72,14 @@ def binary_layers(model):
     """`(layer, weight_attr, regularizer_attr)` for every binary kernel of a model.
 
     Binary = the kernel's quantizer has `precision == 1` (and is not `NoOp`), the rule larq
-    uses; nested models are searched too.
+    uses (`larq_l1inf.regularizers.is_binary_quantizer`); nested models are searched too.
+
+    # Arguments
+        model: a Keras model.
+
+    # Returns
+        List of `(layer, weight attribute, regularizer attribute)`, e.g.
+        `(conv, "kernel", "kernel_regularizer")`.
     """
     found = []
     for layer in _all_layers(model):
@@ -65,6 +88,71 @@ def binary_layers(model):
             if hasattr(layer, reg_attr) and is_binary_quantizer(quantizer):
                 found.append((layer, weight_attr, reg_attr))
     return found
+
+
+@lq.utils.register_keras_custom_object
+class FunctionInitializer(tf.keras.initializers.Initializer):
+    """A registered function initializer as a Keras `Initializer`, so that h5 can save it.
+
+    Keras serializes a plain function initializer as `{"class_name": "function", ...}`,
+    which only the `.keras` and SavedModel loaders resolve; the h5 loader raises
+    "Unknown initializer: 'function'". This object stores the function's registered name
+    and calls the function itself, so the values are the same in every format.
+
+    # Arguments
+        name: the name the function is registered under (e.g. `"blurpool_initializer"`,
+            registered by larq-zoo with `larq.utils.register_keras_custom_object`).
+
+    # Raises
+        ValueError: when called and no function is registered under `name`.
+    """
+
+    def __init__(self, name):
+        self.name = str(name)
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        function = tf.keras.utils.get_registered_object(self.name)
+        if function is None:
+            raise ValueError(
+                f"No initializer function is registered as {self.name!r}: import the module "
+                "that defines it (for larq-zoo's blur pool: `import larq_zoo`) before loading."
+            )
+        return function(shape, dtype=dtype or tf.keras.backend.floatx())
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+def make_loadable(model):
+    """Replace every registered function initializer of a model's layers by a
+    `FunctionInitializer`, in place, so that the model loads from h5 as well.
+
+    Initializers only act when a layer is built, so weights and outputs are untouched; a
+    model rebuilt from the config gets the same initial values.
+
+    # Arguments
+        model: a Keras model.
+
+    # Returns
+        List of `(layer name, attribute)` that were replaced.
+    """
+    replaced = []
+    for layer in _all_layers(model):
+        for attr, value in list(vars(layer).items()):
+            if not attr.endswith("_initializer") or not isinstance(value, types.FunctionType):
+                continue
+            name = tf.keras.utils.get_registered_name(value)
+            if tf.keras.utils.get_registered_object(name) is not value:
+                log.warning(
+                    "Layer '%s' has the unregistered function initializer %s=%s: the model will "
+                    "not load from h5. Save it as .keras or SavedModel, or register the function "
+                    "(larq.utils.register_keras_custom_object) before patching.",
+                    layer.name, attr, getattr(value, "__name__", value),
+                )
+                continue
+            setattr(layer, attr, FunctionInitializer(name))
+            replaced.append((layer.name, attr))
+    return replaced
 
 
 def _check(model, regularizer):
@@ -121,6 +209,9 @@ def patch_model(model, regularizer, clone=False):
     clone: False to patch in place (weights untouched); True to return a rebuilt copy with
         the weights copied (functional and Sequential models only, as `clone_model`).
 
+    Function initializers of `model` are made serializable in place (`make_loadable`), so
+    the patched model saves to and loads from h5, SavedModel and `.keras`.
+
     # Returns
     The patched model (the same object unless `clone=True`).
 
@@ -130,6 +221,7 @@ def patch_model(model, regularizer, clone=False):
         regularizer.
     """
     _check(model, regularizer)
+    make_loadable(model)
     layers = binary_layers(model)
     if not layers:
         log.warning("patch_model: '%s' has no binary layer (precision == 1); nothing to patch.", model.name)

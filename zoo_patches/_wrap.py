@@ -8,12 +8,12 @@ def patched(factory):
 
     @functools.wraps(factory)
     def build(*args, kernel_regularizer=None, **kwargs):
-        from zoo_patches import patch_model
+        from zoo_patches import binary_layers, make_loadable, patch_model
 
         model = factory(*args, **kwargs)
+        make_loadable(model)  # QuickNet's blur pool initializer: loadable from h5 too
         if kernel_regularizer is None:
             return model
-        from zoo_patches import binary_layers
 
         # Some zoo models (XNORNet) already put an L2 on their binary kernels: replace it by
         # rebuilding (in-place patching cannot remove a layer loss).
@@ -23,7 +23,8 @@ def patched(factory):
     build.__doc__ = (
         f"larq-zoo's `{factory.__module__}.{factory.__name__}` with `kernel_regularizer` on every "
         "binary layer (see `zoo_patches.patch_model`). Takes larq-zoo's arguments plus "
-        "`kernel_regularizer=`; weights are larq-zoo's, untouched.\n\n" + (factory.__doc__ or "")
+        "`kernel_regularizer=`; weights are larq-zoo's, untouched; the model loads from h5, "
+        "SavedModel and .keras.\n\n" + (factory.__doc__ or "")
     )
     return build
 
