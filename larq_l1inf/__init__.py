@@ -11,7 +11,7 @@ from larq_l1inf._keras import ensure_legacy_keras as _ensure_legacy_keras
 _ensure_legacy_keras()
 
 # Modules that register Keras objects load eagerly, so saved models load without custom_objects.
-from larq_l1inf import baselines, lcr, noise, regularizers, variants  # noqa: E402
+from larq_l1inf import baselines, kernels, lcr, noise, regularizers, variants  # noqa: E402
 from larq_l1inf.baselines import (  # noqa: E402
     AbsumRegularizer,
     L1Regularizer,
@@ -43,6 +43,7 @@ __all__ = [
     "attach",
     "baselines",
     "environmental_noise",
+    "kernels",
     "l1inf_norm",
     "lcr",
     "noise",
