@@ -29,7 +29,9 @@ from larq_l1inf.regularizers import (  # noqa: E402
 )
 
 # Heavier modules (LCE, matplotlib, TFDS) load on first use: `larq_l1inf.deploy.convert(...)`.
-_LAZY_MODULES = ("attacks", "backbones", "bounds", "cli", "data", "deploy", "evaluation")
+_LAZY_MODULES = (
+    "attacks", "backbones", "bounds", "cli", "data", "deploy", "evaluation", "flatbuffer",
+)
 
 __all__ = [
     "AbsumRegularizer",

@@ -192,6 +192,11 @@ def _is_unscaled(quantizer, weight, depthwise):
         return bool(tf.reduce_all(tf.abs(magnitudes - 1.0) < 1e-6).numpy())
 
 
+def _is_float(quantizer):
+    """A full-precision kernel: no quantizer, or larq's `NoOp` tag (which quantizes nothing)."""
+    return quantizer is None or isinstance(quantizer, lq.quantizers.NoOp)
+
+
 def _split(weight, depthwise=None):
     """`(W_b, scale)`: the unscaled quantized kernel and the quantizer's own scale.
 
@@ -201,7 +206,7 @@ def _split(weight, depthwise=None):
     depthwise = _is_depthwise(weight, depthwise)
     quantizer = getattr(weight, "quantizer", None)
     latent = latent_kernel(weight)
-    if quantizer is None:
+    if _is_float(quantizer):
         return latent, None
     binary_hook, scale_hook = _hook(quantizer, "binary_kernel"), _hook(quantizer, "scale")
     if binary_hook is not None:
@@ -247,7 +252,7 @@ def binary_kernel(weight, depthwise=None):
 
     A larq layer hands its regularizer the *latent* kernel wrapped as a `QuantizedVariable`,
     outside `quantized_scope`; this applies the layer's own quantizer to the latent weights.
-    A full-precision kernel (no quantizer) is returned unchanged. For a scaled quantizer the
+    A full-precision kernel (no quantizer, or larq's `NoOp`) is returned unchanged. For a scaled quantizer the
     scale is left out (it is alpha, see `scaling_factor`): the quantizer's
     `binary_kernel(latent)` hook if it has one, `sign(w)` for larq's `MagnitudeAwareSign`,
     `Q(W_F) / scale` for a quantizer with only a `scale(latent)` hook or a hook-less 1-bit
@@ -346,7 +351,7 @@ def scaling_factor(weight, mode="auto", depthwise=None):
     - `"layer"`: eq. 1, one value per layer. `"channel"`: one value per output channel.
       `"none"`: 1 (the paper's "w/o" ablation, tables 15-16).
 
-    A full-precision kernel (no quantizer) has alpha = 1 in every mode: it already carries its
+    A full-precision kernel (no quantizer, or larq's `NoOp`) has alpha = 1 in every mode: it already carries its
     own scale (method.md).
 
     # Arguments
@@ -368,7 +373,7 @@ def scaling_factor(weight, mode="auto", depthwise=None):
         raise ValueError(f"`alpha` must be one of {ALPHA_MODES}, got {mode!r}.")
     depthwise = _is_depthwise(weight, depthwise)
     latent = latent_kernel(weight)
-    if getattr(weight, "quantizer", None) is None or mode == "none":
+    if _is_float(getattr(weight, "quantizer", None)) or mode == "none":
         return tf.ones((), latent.dtype)
     if mode == "layer":
         return tf.reduce_mean(tf.abs(latent))

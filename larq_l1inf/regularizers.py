@@ -135,10 +135,15 @@ def get(identifier):
         return identifier
     if isinstance(identifier, str):
         cls = PENALTIES.get(identifier) or {c.__name__: c for c in PENALTIES.values()}.get(identifier)
-        if cls is None:
-            return tf.keras.regularizers.get(identifier)
-        return cls()
-    return tf.keras.regularizers.get(identifier)
+        if cls is not None:
+            return cls()
+    found = tf.keras.regularizers.get(identifier)
+    if isinstance(found, str):  # Keras hands an unknown name back unchanged
+        raise ValueError(
+            f"Unknown regularizer {identifier!r}: use one of {sorted(PENALTIES)}, a Keras "
+            "regularizer name such as 'l2', or an instance."
+        )
+    return found
 
 
 class KernelPenalty(tf.keras.regularizers.Regularizer):
