@@ -40,7 +40,7 @@ class L1InfCallback(tf.keras.callbacks.Callback):
 
     # Arguments
     warmup_epochs: epochs of linear warm-up of delta; 0 for none.
-    per_layer: log per-layer norms and alphas.
+    per_layer: log per-layer norms, alphas and terms.
     bounds: log the data-free Theorem 4.2 terms.
 
     !!! example

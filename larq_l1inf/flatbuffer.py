@@ -238,6 +238,19 @@ def diagnose(model):
 
     # Returns
     A list of `LayerDiagnosis`, one per binary layer, in the model's order.
+
+    !!! example
+        ```python
+        from larq_l1inf import flatbuffer  # first: selects Keras 2 for larq
+        import larq as lq
+        import tensorflow as tf
+
+        x = tf.keras.Input((8, 8, 3))
+        y = lq.layers.QuantConv2D(4, 3, input_quantizer="ste_heaviside",
+                                  kernel_quantizer="ste_sign", kernel_constraint="weight_clip")(x)
+        (d,) = flatbuffer.diagnose(tf.keras.Model(x, y))
+        print(d.binarizable, d.reasons)  # False ['input_quantizer is SteHeaviside: ...']
+        ```
     """
     found = []
     for layer in kernels.model_layers(model):
