@@ -11,7 +11,7 @@ from larq_l1inf._keras import ensure_legacy_keras as _ensure_legacy_keras
 _ensure_legacy_keras()
 
 # Modules that register Keras objects load eagerly, so saved models load without custom_objects.
-from larq_l1inf import baselines, lcr, noise, regularizers, variants  # noqa: E402
+from larq_l1inf import baselines, kernels, lcr, noise, regularizers, variants  # noqa: E402
 from larq_l1inf.baselines import (  # noqa: E402
     AbsumRegularizer,
     L1Regularizer,
@@ -29,7 +29,9 @@ from larq_l1inf.regularizers import (  # noqa: E402
 )
 
 # Heavier modules (LCE, matplotlib, TFDS) load on first use: `larq_l1inf.deploy.convert(...)`.
-_LAZY_MODULES = ("attacks", "backbones", "bounds", "cli", "data", "deploy", "evaluation")
+_LAZY_MODULES = (
+    "attacks", "backbones", "bounds", "cli", "data", "deploy", "evaluation", "flatbuffer",
+)
 
 __all__ = [
     "AbsumRegularizer",
@@ -43,6 +45,7 @@ __all__ = [
     "attach",
     "baselines",
     "environmental_noise",
+    "kernels",
     "l1inf_norm",
     "lcr",
     "noise",

@@ -1,9 +1,10 @@
-"""Baseline kernel penalties of the paper's comparison (000, table 11): L1, L2 (spectral), L-inf (Absum).
+"""Baseline kernel penalties of the paper's comparison (Zheng et al. 2025, table 11): L1, L2
+(spectral), L-inf (Absum).
 
 Each is a `KernelPenalty`, so it sees exactly what `L1InfRegularizer` sees: the layer's own
-quantized kernel `W_b = Q(W_F)` (STE gradient), the scaling factor alpha (`"layer"`,
-`"channel"` or `"none"`) and the kernel as rows `(c_out, fan_in)`, one row per output
-filter. Put them on `kernel_regularizer` of larq layers exactly as `L1InfRegularizer`.
+unscaled quantized kernel `W_b` (STE gradient) and the scaling factor alpha (`"auto"`,
+`"layer"`, `"channel"` or `"none"`), both from `larq_l1inf.kernels`, with one row per output
+filter. String names: `"l1_baseline"`, `"spectral_norm"`, `"absum"`. Put them on `kernel_regularizer` of larq layers exactly as `L1InfRegularizer`.
 Per layer they add `delta * t_j` (`reduction="sum"`, the usual form of these regularizers)
 or `delta * log t_j` (`reduction="log"`, the same per-layer form as L1InfRegularizer's
 `"log"`, for a like-for-like comparison). LCR, which needs activations, is
@@ -12,11 +13,9 @@ or `delta * log t_j` (`reduction="log"`, the same per-layer form as L1InfRegular
 
 import logging
 
-import larq as lq
-import numpy as np
-
 from larq_l1inf._keras import tf
-from larq_l1inf.regularizers import KernelPenalty
+from larq_l1inf.kernels import kernel_rows
+from larq_l1inf.regularizers import KernelPenalty, register_penalty, scale_rows
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +29,6 @@ __all__ = [
 
 # Seed of the fixed start vector of the power iteration (see `spectral_norm`).
 _POWER_SEED = 1234
-
-
-def _scale_rows(rows, alpha):
-    """`diag(alpha) rows` for a per-channel alpha, `alpha * rows` for a scalar."""
-    if alpha.shape.rank == 1:
-        return rows * alpha[:, None]
-    return rows * alpha
 
 
 def spectral_norm(matrix, iterations=10):
@@ -80,10 +72,9 @@ def spectral_norm(matrix, iterations=10):
     return tf.reshape(tf.matmul(u, tf.matmul(a, v), transpose_a=True), ())
 
 
-@lq.utils.register_alias("l1_baseline")
-@lq.utils.register_keras_custom_object
+@register_penalty("l1_baseline")
 class L1Regularizer(KernelPenalty):
-    """Plain L1 penalty of the scaled quantized kernel (000, table 11, "L1").
+    """Plain L1 penalty of the scaled quantized kernel (Zheng et al. 2025, table 11, "L1").
 
     $$t_j = \\|\\mathrm{diag}(\\alpha_j) W_b^j\\|_1 = \\sum_{i,k} \\alpha_{j,i} |(W_b^j)_{ik}|$$
 
@@ -95,14 +86,13 @@ class L1Regularizer(KernelPenalty):
             `L1InfRegularizer`, with `reduction` `"sum"` (default) or `"log"`.
     """
 
-    def layer_term(self, rows, alpha):
-        return tf.reduce_sum(tf.abs(_scale_rows(rows, alpha)))
+    def layer_term(self, w_b, alpha, depthwise):
+        return tf.reduce_sum(tf.abs(scale_rows(kernel_rows(w_b, depthwise), alpha)))
 
 
-@lq.utils.register_alias("spectral_norm")
-@lq.utils.register_keras_custom_object
+@register_penalty("spectral_norm")
 class SpectralNormRegularizer(KernelPenalty):
-    """L2 / spectral-norm penalty (000, table 11, "L2"; Li et al. 2019).
+    """L2 / spectral-norm penalty (Zheng et al. 2025, table 11, "L2"; Li et al. 2019).
 
     $$t_j = \\sigma_{\\max}\\left(\\mathrm{diag}(\\alpha_j) W_b^j\\right),\\quad
       W_b^j \\text{ reshaped to } c_{out} \\times (k_h k_w c_{in})$$
@@ -120,24 +110,23 @@ class SpectralNormRegularizer(KernelPenalty):
           constrained convolutional networks. NeurIPS 2019.
     """
 
-    def __init__(self, delta=5e-3, reduction="sum", alpha="layer", normalize=False,
+    def __init__(self, delta=5e-3, reduction="sum", alpha="auto", normalize=False,
                  alpha_gradient=True, quantizer_gradient=True, power_iterations=10):
         super().__init__(delta, reduction, alpha, normalize, alpha_gradient, quantizer_gradient)
         if int(power_iterations) < 1:
             raise ValueError(f"`power_iterations` must be >= 1, got {power_iterations}.")
         self.power_iterations = int(power_iterations)
 
-    def layer_term(self, rows, alpha):
-        return spectral_norm(_scale_rows(rows, alpha), self.power_iterations)
+    def layer_term(self, w_b, alpha, depthwise):
+        return spectral_norm(scale_rows(kernel_rows(w_b, depthwise), alpha), self.power_iterations)
 
     def get_config(self):
         return {**super().get_config(), "power_iterations": self.power_iterations}
 
 
-@lq.utils.register_alias("absum")
-@lq.utils.register_keras_custom_object
+@register_penalty("absum")
 class AbsumRegularizer(KernelPenalty):
-    """Absum (Kanai et al. 2020), the paper's "L-inf" baseline (000, table 11).
+    """Absum (Kanai et al. 2020), the paper's "L-inf" baseline (Zheng et al. 2025, table 11).
 
     Absum penalizes the absolute value of the *sum* of the weights of each 2-D filter,
     one filter per (input channel, output channel) pair:
@@ -164,30 +153,19 @@ class AbsumRegularizer(KernelPenalty):
           AAAI 2020 (arXiv:1909.08830).
     """
 
-    def term(self, kernel, depthwise=None):
-        shape = tf.TensorShape(getattr(kernel, "shape", None))
-        if depthwise is None:
-            depthwise = "depthwise" in (getattr(kernel, "name", "") or "")
-        # Number of input channels per row: the rows are laid out (spatial, c_in), c_in fastest.
-        if depthwise or shape.rank is None or shape.rank < 3:
-            self._c_in = None  # depthwise rows are single filters; Dense has no spatial extent
+    def layer_term(self, w_b, alpha, depthwise):
+        if depthwise or w_b.shape.rank == 2:
+            # A depthwise row is one 2-D filter; a Dense kernel has one spatial position.
+            sums = kernel_rows(w_b, depthwise) if w_b.shape.rank == 2 else tf.reduce_sum(
+                kernel_rows(w_b, depthwise), axis=1, keepdims=True)
         else:
-            self._c_in = int(shape[-2])
-        self._dense = shape.rank == 2
-        return super().term(kernel, depthwise)
-
-    def layer_term(self, rows, alpha):
-        c_in = getattr(self, "_c_in", None)
-        if getattr(self, "_dense", False):
-            sums = rows  # one spatial position: |sum| = |w|
-        elif c_in is None:
-            sums = tf.reduce_sum(rows, axis=1, keepdims=True)
-        else:
-            per_filter = tf.reshape(rows, (rows.shape[0], -1, c_in))
-            sums = tf.reduce_sum(per_filter, axis=1)  # (c_out, c_in)
-        return tf.reduce_sum(tf.abs(_scale_rows(sums, alpha)))
+            # (*k, c_in, c_out) -> per (c_out, c_in) filter: the sum over the spatial positions.
+            per_filter = tf.reshape(w_b, (-1, w_b.shape[-2], w_b.shape[-1]))
+            sums = tf.transpose(tf.reduce_sum(per_filter, axis=0))  # (c_out, c_in)
+        return tf.reduce_sum(tf.abs(scale_rows(sums, alpha)))
 
 
+#: Table 11 name -> baseline penalty class.
 BASELINE_REGULARIZERS = {
     "l1": L1Regularizer,
     "l2": SpectralNormRegularizer,

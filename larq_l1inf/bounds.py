@@ -20,8 +20,11 @@ the proof covers: a chain of layers `h_l = phi(alpha_l W_b^l h_{l-1})` with 1-Li
 connections (see Cor. A.2), and the output layer's logits `W^L h_{L-1}`.
 
 Decisions (method.md is silent):
-- `W_b^l = sign(W_F^l)` (`sign(0) = +1`) and `alpha_l = mean |W_F^l|` per layer (eq. 1),
-  recomputed here from the latent weights, whatever the layer's quantizer does.
+- `W_b^l` and `alpha_l` are the penalty's own (`larq_l1inf.kernels.binary_kernel` and
+  `scaling_factor(..., "auto")`): the layer's unscaled quantized kernel and the scale it
+  computes with (eq. 1, `mean |W_F^l|`, for unscaled sign quantizers). For a per-channel
+  alpha the factor `alpha_l ||W_b^l||_{1,inf}` becomes `||diag(alpha_l) W_b^l||_{1,inf}`, and
+  `log10_alpha` reports the effective alpha `||diag(alpha) W_b||_{1,inf} / ||W_b||_{1,inf}`.
 - Layers `1..L-1` are the model's binary layers except the output layer (full-precision
   layers, e.g. a float stem, are not in the product: the bound does not cover them).
 - The output term uses the output layer's kernel *as the layer computes with it*
@@ -35,8 +38,8 @@ import math
 
 import numpy as np
 
+from larq_l1inf import kernels
 from larq_l1inf._keras import tf
-from larq_l1inf.regularizers import is_binary, kernel_rows
 
 log = logging.getLogger(__name__)
 
@@ -54,35 +57,19 @@ __all__ = [
 _BETA_MODES = ("data", "none")
 
 
-def _kernel_of(layer):
-    for attr in ("kernel", "depthwise_kernel"):
-        k = getattr(layer, attr, None)
-        if k is not None:
-            return k, attr == "depthwise_kernel"
-    return None, False
-
-
-def _all_layers(model, seen=None):
-    """Layers of a model, nested models flattened (each layer once), in the model's order.
-
-    An `LCRModel` stands for its student (its teacher is not the network being bounded).
-    """
-    model = getattr(model, "student", model)
-    seen = set() if seen is None else seen
-    out = []
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.Model):
-            out.extend(_all_layers(layer, seen))
-        elif id(layer) not in seen:
-            seen.add(id(layer))
-            out.append(layer)
-    return out
+def _network(model):
+    """The network being bounded: an `LCRModel` stands for its student, not its teacher."""
+    return getattr(model, "student", model)
 
 
 def binary_layers(model):
-    """The model's layers with a binary kernel quantizer (larq's `precision == 1` rule)."""
-    return [layer for layer in _all_layers(model) if _kernel_of(layer)[0] is not None
-            and is_binary(layer)]
+    """The model's layers with a binary kernel quantizer (larq's `precision == 1` rule), in
+    the model's order, nested models flattened (`larq_l1inf.kernels.binary_kernels`)."""
+    found = []
+    for entry in kernels.binary_kernels(_network(model)):
+        if not any(entry.layer is layer for layer in found):
+            found.append(entry.layer)
+    return found
 
 
 def output_layer(model):
@@ -91,19 +78,10 @@ def output_layer(model):
     # Raises
         ValueError: if the model has no layer with a kernel.
     """
-    with_kernel = [layer for layer in _all_layers(model) if _kernel_of(layer)[0] is not None]
+    with_kernel = kernels.model_kernels(_network(model))
     if not with_kernel:
         raise ValueError("The model has no layer with a kernel, so no classifier W^L.")
-    return with_kernel[-1]
-
-
-def _latent(layer):
-    k, depthwise = _kernel_of(layer)
-    return np.asarray(tf.convert_to_tensor(getattr(k, "latent_variable", k)), np.float64), depthwise
-
-
-def _rows(w, depthwise):
-    return np.asarray(kernel_rows(tf.constant(w, tf.float64), depthwise), np.float64)
+    return with_kernel[-1].layer
 
 
 def _hidden(model):
@@ -113,13 +91,22 @@ def _hidden(model):
 
 
 def _layer_stats(layer):
-    """`(log10 alpha, log10 ||W_b||_{1,inf}, log10 ||W_b||_2)` of a binary layer."""
-    w, depthwise = _latent(layer)
-    alpha = np.abs(w).mean()
-    rows = _rows(np.where(w >= 0, 1.0, -1.0), depthwise)
-    l1inf = np.abs(rows).sum(axis=1).max()
+    """`(log10 alpha, log10 ||W_b||_{1,inf}, log10 ||W_b||_2)` of a binary layer, with the
+    penalty's definition of `W_b` and alpha (`larq_l1inf.kernels`)."""
+    entries = kernels.layer_kernels(layer, binary=True) or kernels.layer_kernels(layer)
+    if not entries:
+        raise ValueError(f"Layer {layer.name} has no kernel.")
+    weight, depthwise = entries[0].weight, entries[0].depthwise
+    w_b = kernels.binary_kernel(weight, depthwise)
+    rows = np.asarray(kernels.kernel_rows(w_b, depthwise), np.float64)
+    alpha = np.asarray(kernels.scaling_factor(weight, "auto", depthwise), np.float64)
+    row_sums = np.abs(rows).sum(axis=1)
+    l1inf = row_sums.max()
+    scaled = (alpha * row_sums).max()  # ||diag(alpha) W_b||_{1,inf}; alpha * l1inf if scalar
+    log_l1inf = _log10(l1inf, f"||W_b||_1,inf of {layer.name}")
+    log_alpha = _log10(scaled, f"alpha of {layer.name}") - log_l1inf
     spec = np.linalg.norm(rows, ord=2)
-    return _log10(alpha, f"alpha of {layer.name}"), math.log10(l1inf), math.log10(spec)
+    return log_alpha, log_l1inf, _log10(spec, f"||W_b||_2 of {layer.name}")
 
 
 def _log10(value, what):
@@ -131,13 +118,7 @@ def _log10(value, what):
 
 def _output_kernel(layer):
     """The classifier kernel as the layer computes with it, shape `(features, classes)`."""
-    k, _ = _kernel_of(layer)
-    latent = getattr(k, "latent_variable", k)
-    quantizer = getattr(k, "quantizer", None)
-    w = tf.convert_to_tensor(latent)
-    if quantizer is not None:
-        w = quantizer(w)
-    w = np.asarray(w, np.float64)
+    w = np.asarray(kernels.quantized_kernel(kernels.layer_kernels(layer)[0].weight), np.float64)
     if w.ndim != 2:
         w = w.reshape(-1, w.shape[-1])
     return w
@@ -204,7 +185,7 @@ def data_free_log10_terms(model, classes=None):
 
 
 def _layer_inputs(model, layers, x_batch):
-    model = getattr(model, "student", model)
+    model = _network(model)
     taps = tf.keras.Model(model.inputs, [layer.input for layer in layers])
     outs = taps(x_batch, training=False)
     if not isinstance(outs, (list, tuple)):
@@ -266,7 +247,7 @@ def margin_change(model, x, x_noisy, classes=None):
     # Returns
         dict with `value`, `log10` and `classes` (the pair attaining it).
     """
-    model = getattr(model, "student", model)
+    model = _network(model)
     f = np.asarray(model(x, training=False), np.float64)
     g = np.asarray(model(x_noisy, training=False), np.float64)
     d = g - f  # change of every logit
@@ -330,7 +311,8 @@ def residual_blocks(model):
     """The residual blocks of a functional model: for each `Add` layer, the binary layers
     only on one of its two input paths, as `(path_a, path_b)` lists (one may be empty: the
     identity shortcut)."""
-    model = getattr(model, "student", model)
+    model = _network(model)
+    binary = {id(layer) for layer in binary_layers(model)}
     cache = {}
     blocks = []
     for layer in model.layers:
@@ -343,10 +325,8 @@ def residual_blocks(model):
         a, b = (_ancestors(p, cache) for p in parents)
         only_a = [v for k, v in a.items() if k not in b]
         only_b = [v for k, v in b.items() if k not in a]
-        blocks.append((
-            [v for v in only_a if _kernel_of(v)[0] is not None and is_binary(v)],
-            [v for v in only_b if _kernel_of(v)[0] is not None and is_binary(v)],
-        ))
+        blocks.append(([v for v in only_a if id(v) in binary],
+                       [v for v in only_b if id(v) in binary]))
     return blocks
 
 

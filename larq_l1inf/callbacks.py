@@ -4,14 +4,8 @@ import logging
 import math
 
 from larq_l1inf._keras import tf
-from larq_l1inf.regularizers import (
-    _is_depthwise_weight,
-    attach,
-    binary_kernel,
-    l1inf_norm,
-    penalized_layers,
-    penalty,
-)
+from larq_l1inf.kernels import binary_kernel, l1inf_norm, scaling_factor
+from larq_l1inf.regularizers import attach, penalized_layers, penalty
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +26,13 @@ class L1InfCallback(tf.keras.callbacks.Callback):
     """Log the penalty per epoch into `logs`, attach the product penalty, warm up delta.
 
     Every epoch it adds to `logs` (so `History` and a `TensorBoard` callback listed *after*
-    this one record them): `l1inf_penalty`, the total penalty of `larq_l1inf.penalty`;
-    `l1inf_norm/<layer>` ($\\|W_b\\|_{1,\\infty}$) and `l1inf_alpha/<layer>` (mean |latent weight|)
-    per penalized layer; and, with `bounds=True`, the log10 of the Theorem 4.2 bound terms
-    that need no data (`bound/...`). With `warmup_epochs=k`, the penalty's delta rises
+    this one record them): `l1inf_penalty`, the total penalty of `larq_l1inf.penalty`; per
+    penalized layer `l1inf_norm/<layer>` ($\\|W_b\\|_{1,\\infty}$ of the unscaled `W_b`),
+    `l1inf_alpha/<layer>` (the alpha the layer's penalty uses, its `alpha` mode through
+    `larq_l1inf.kernels.scaling_factor`; for a per-channel alpha its mean, with the largest
+    channel's in `l1inf_alpha_max/<layer>`) and `l1inf_term/<layer>` (the layer's term $t_j$
+    before delta and the reduction); and, with `bounds=True`, the log10 of the Theorem 4.2
+    bound terms that need no data (`bound/...`). With `warmup_epochs=k`, the penalty's delta rises
     linearly from 0 at epoch 0 to its full value at epoch k (logged as `l1inf_warmup`).
 
     It also calls `larq_l1inf.attach(model)`, which `L1InfRegularizer(reduction="product")`
@@ -43,7 +40,7 @@ class L1InfCallback(tf.keras.callbacks.Callback):
 
     # Arguments
     warmup_epochs: epochs of linear warm-up of delta; 0 for none.
-    per_layer: log per-layer norms and alphas.
+    per_layer: log per-layer norms, alphas and terms.
     bounds: log the data-free Theorem 4.2 terms.
 
     !!! example
@@ -71,7 +68,8 @@ class L1InfCallback(tf.keras.callbacks.Callback):
         """Scale every penalty; a changed factor needs a new train function (it is a constant
         of the traced step, not a variable, so saved models never capture it)."""
         changed = False
-        for _, _, reg in penalized_layers(self.model):
+        for entry in penalized_layers(self.model):
+            reg = entry.regularizer
             changed |= reg.warmup_factor != factor
             reg.warmup_factor = factor
         if changed:
@@ -98,12 +96,15 @@ class L1InfCallback(tf.keras.callbacks.Callback):
         if self.warmup_epochs:
             logs["l1inf_warmup"] = self.factor(epoch)
         if self.per_layer:
-            for layer, weight, reg in penalized_layers(self.model):
-                depthwise = _is_depthwise_weight(layer, weight)
-                norm = l1inf_norm(binary_kernel(weight), depthwise)
-                logs[f"l1inf_norm/{layer.name}"] = float(norm)
-                latent = getattr(weight, "latent_variable", weight)
-                logs[f"l1inf_alpha/{layer.name}"] = float(tf.reduce_mean(tf.abs(latent)))
+            for entry in penalized_layers(self.model):
+                name, reg = entry.layer.name, entry.regularizer
+                w_b = binary_kernel(entry.weight, entry.depthwise)
+                logs[f"l1inf_norm/{name}"] = float(l1inf_norm(w_b, entry.depthwise))
+                alpha = scaling_factor(entry.weight, reg.alpha, entry.depthwise)
+                logs[f"l1inf_alpha/{name}"] = float(tf.reduce_mean(alpha))
+                if alpha.shape.rank == 1:
+                    logs[f"l1inf_alpha_max/{name}"] = float(tf.reduce_max(alpha))
+                logs[f"l1inf_term/{name}"] = float(reg.term(entry.weight, entry.depthwise))
         if self.bounds:
             for key, term in _data_free_bound_terms(self.model).items():
                 logs[f"bound/{key}"] = float(term)

@@ -1,17 +1,16 @@
-"""Deployment with Larq Compute Engine: conversion, flatbuffer inspection and inference.
+"""Deployment with Larq Compute Engine: conversion, and running the converted model.
 
 - `convert` runs `lce.convert_keras_model` in a child process, so a converter crash (the
   MLIR converter has died with SIGSEGV, exit code 139, on a larq-zoo model here) becomes a
   `ConversionError` that names the model and the exit code instead of killing the caller.
-- `op_counts` parses the TFLite flatbuffer with its schema (custom LCE ops included).
-- `check_binarized` says how many binary convolutions of the Keras model became
-  `LceBconv2d` and what to change for those that stayed float.
 - `TFLiteModel` wraps `lce.testing.Interpreter` and handles the flatbuffer's fixed batch.
 - `compare_outputs` measures the agreement of Keras and the interpreter on the same inputs.
+
+Flatbuffer inspection lives in `larq_l1inf.flatbuffer`; its `op_counts`, `op_list`,
+`check_binarized`, `binarization_problems`, `BinarizationReport` and `BinarizationError` are
+re-exported here, where the README's examples use them.
 """
 
-import collections
-import dataclasses
 import json
 import logging
 import math
@@ -21,11 +20,20 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 
-import larq as lq
 import numpy as np
 
 from larq_l1inf._keras import tf
+from larq_l1inf.flatbuffer import (
+    BinarizationError,
+    BinarizationReport,
+    binarization_problems,
+    check_binarized,
+    check_flatbuffer,
+    op_counts,
+    op_list,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +52,6 @@ __all__ = [
     "save_flatbuffer",
 ]
 
-BCONV_OP = "LceBconv2d"
-FLOAT_CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
-# Quantizers whose output is +-1 (or +-scale): what LCE turns into bitpacked operands.
-SIGN_INPUT_QUANTIZERS = (lq.quantizers.SteSign, lq.quantizers.ApproxSign, lq.quantizers.SwishSign)
-SIGN_KERNEL_QUANTIZERS = SIGN_INPUT_QUANTIZERS + (lq.quantizers.MagnitudeAwareSign,)
 # Default time limit of one conversion in the child process (seconds).
 DEFAULT_TIMEOUT = 1800
 _STDERR_TAIL_LINES = 25
@@ -69,10 +72,6 @@ class ConversionError(RuntimeError):
         self.model_name = model_name
         self.returncode = returncode
         self.output = output
-
-
-class BinarizationError(ValueError):
-    """Binary convolutions of a Keras model did not become `LceBconv2d` in its flatbuffer."""
 
 
 # --------------------------------------------------------------------------- conversion
@@ -190,7 +189,7 @@ def _tail(text, lines=_STDERR_TAIL_LINES):
 
 
 def convert(model, *, in_process=False, batch_size=None, timeout=DEFAULT_TIMEOUT,
-            binarized="warn", **lce_kwargs):
+            on_failure="warn", binarized=None, **lce_kwargs):
     """Convert a Keras model to an LCE TFLite flatbuffer, in a separate process.
 
     The model is saved as a SavedModel in a temporary directory and a child Python process
@@ -212,9 +211,10 @@ def convert(model, *, in_process=False, batch_size=None, timeout=DEFAULT_TIMEOUT
     batch_size: fixed batch size of the flatbuffer's input; None gives batch 1 (what LCE
         does for an undefined batch). A copy of the model with that input is converted.
     timeout: seconds before the child process is killed and a `ConversionError` raised.
-    binarized: what to do when binary convolutions of the model do not become `LceBconv2d`:
-        `"warn"` (log a warning), `"raise"` (`BinarizationError`) or `"ignore"`.
-        See `check_binarized`.
+    on_failure: what to do when binary convolutions of the model do not become
+        `LceBconv2d`: `"warn"` (log a warning), `"raise"` (`BinarizationError`) or
+        `"ignore"`. See `larq_l1inf.flatbuffer.check_binarized`.
+    binarized: the old name of `on_failure` (deprecated; a `DeprecationWarning`).
     **lce_kwargs: passed to `lce.convert_keras_model` (`inference_input_type`,
         `inference_output_type`, `target`, `experimental_default_int8_range`).
 
@@ -223,12 +223,16 @@ def convert(model, *, in_process=False, batch_size=None, timeout=DEFAULT_TIMEOUT
 
     # Raises
     ConversionError: when the converter raises, crashes or times out.
-    BinarizationError: with `binarized="raise"`, see `check_binarized`.
+    BinarizationError: with `on_failure="raise"`, see `check_binarized`.
     TypeError, ValueError: for a model that is not a built Keras model.
     """
     _check_model(model)
-    if binarized not in ("warn", "raise", "ignore"):
-        raise ValueError(f"`binarized` must be 'warn', 'raise' or 'ignore', got {binarized!r}.")
+    if binarized is not None:
+        warnings.warn("convert(binarized=...) is deprecated; use on_failure=...",
+                      DeprecationWarning, stacklevel=2)
+        on_failure = binarized
+    if on_failure not in ("warn", "raise", "ignore"):
+        raise ValueError(f"`on_failure` must be 'warn', 'raise' or 'ignore', got {on_failure!r}.")
     if batch_size is not None:
         if int(batch_size) < 1:
             raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size}.")
@@ -239,8 +243,8 @@ def convert(model, *, in_process=False, batch_size=None, timeout=DEFAULT_TIMEOUT
         flatbuffer = _convert_in_process(source, model.name, lce_kwargs)
     else:
         flatbuffer = _convert_in_subprocess(source, model.name, timeout, lce_kwargs)
-    if binarized != "ignore":
-        check_binarized(flatbuffer, model, on_failure=binarized)
+    if on_failure != "ignore":
+        check_binarized(flatbuffer, model, on_failure=on_failure)
     return flatbuffer
 
 
@@ -308,7 +312,7 @@ def _convert_in_subprocess(model, name, timeout, lce_kwargs):
 
 def save_flatbuffer(flatbuffer, path):
     """Write a flatbuffer to `path` (parent directories are created); returns the path."""
-    _check_flatbuffer(flatbuffer)
+    check_flatbuffer(flatbuffer)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with open(path, "wb") as f:
@@ -320,237 +324,8 @@ def load_flatbuffer(path):
     """Read a flatbuffer written by `save_flatbuffer` (or any `.tflite` file)."""
     with open(path, "rb") as f:
         flatbuffer = f.read()
-    _check_flatbuffer(flatbuffer)
+    check_flatbuffer(flatbuffer)
     return flatbuffer
-
-
-# --------------------------------------------------------------------------- inspection
-
-
-def _check_flatbuffer(flatbuffer):
-    if not isinstance(flatbuffer, (bytes, bytearray)):
-        raise TypeError(
-            f"Expected a TFLite flatbuffer as bytes (what convert() returns), got "
-            f"{type(flatbuffer).__name__}."
-        )
-    # A TFLite model carries the file identifier "TFL3" at bytes 4..8.
-    if len(flatbuffer) < 8 or bytes(flatbuffer[4:8]) != b"TFL3":
-        raise ValueError(
-            "Not a TFLite flatbuffer (file identifier 'TFL3' missing). Pass the bytes returned "
-            "by convert() or read from a .tflite file."
-        )
-
-
-def _builtin_names():
-    from larq_compute_engine.mlir.python import tflite_schema
-
-    return {
-        value: name
-        for name, value in vars(tflite_schema.BuiltinOperator).items()
-        if not name.startswith("_") and isinstance(value, int)
-    }
-
-
-def op_list(flatbuffer):
-    """Operator types of every operator of the flatbuffer, in execution order.
-
-    Parsed with the TFLite schema that ships with LCE (`tflite_schema`): builtin operators
-    by their schema name (`CONV_2D`, `FULLY_CONNECTED`, ...), custom operators by their
-    custom code (`LceBconv2d`, `LceQuantize`, `LceDequantize`, ...). All subgraphs count.
-    """
-    from larq_compute_engine.mlir.python import tflite_schema
-
-    _check_flatbuffer(flatbuffer)
-    model = tflite_schema.Model.GetRootAsModel(bytearray(flatbuffer), 0)
-    names = _builtin_names()
-    codes = []
-    for i in range(model.OperatorCodesLength()):
-        opcode = model.OperatorCodes(i)
-        custom = opcode.CustomCode()
-        if custom is not None:
-            codes.append(custom.decode())
-            continue
-        # Schema >= 3a: the real code is the larger of the deprecated int8 field and the new one.
-        builtin = max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
-        codes.append(names.get(builtin, f"BUILTIN_{builtin}"))
-    ops = []
-    for s in range(model.SubgraphsLength()):
-        subgraph = model.Subgraphs(s)
-        for j in range(subgraph.OperatorsLength()):
-            ops.append(codes[subgraph.Operators(j).OpcodeIndex()])
-    return ops
-
-
-def op_counts(flatbuffer):
-    """How many operators of each type the flatbuffer holds, e.g. `{"LceBconv2d": 4, ...}`.
-
-    # Arguments
-    flatbuffer: bytes of a TFLite model, as returned by `convert`.
-
-    # Returns
-    A dict from operator type to count, sorted by type name.
-    """
-    return dict(sorted(collections.Counter(op_list(flatbuffer)).items()))
-
-
-def _binary_conv_layers(model):
-    """QuantConv2D layers of a model (nested models included) with a 1-bit input or kernel
-    quantizer: the layers a user means to run as binary convolutions."""
-    from larq_l1inf.regularizers import is_binary
-
-    layers = []
-    seen = set()
-    for layer in [model, *model.submodules]:
-        if id(layer) in seen or not isinstance(layer, lq.layers.QuantConv2D):
-            continue
-        seen.add(id(layer))
-        input_binary = _precision(layer.input_quantizer) == 1 and not isinstance(
-            layer.input_quantizer, lq.quantizers.NoOp
-        )
-        if is_binary(layer) or input_binary:
-            layers.append(layer)
-    return layers
-
-
-def _precision(quantizer):
-    return getattr(quantizer, "precision", None)
-
-
-def _quantizer_name(quantizer):
-    if quantizer is None:
-        return "None"
-    return getattr(quantizer, "__name__", type(quantizer).__name__)
-
-
-def binarization_problems(model):
-    """Binary convolutions of a Keras model that LCE will not (or not fully) binarize.
-
-    Checked from the layer configuration, without converting: LCE emits `LceBconv2d` only
-    when the input quantizer is sign-type (`ste_sign`, `approx_sign`, `swish_sign`) and the
-    kernel quantizer gives +-1 or +-scale (those, or `magnitude_aware_sign`).
-
-    # Returns
-    A list of `(layer_name, [reason, ...])` for the layers with a problem; the reasons say
-    what to change. A `padding="same"` layer with `pad_values=0` is listed as a note: LCE
-    converts it with an extra correction, `pad_values=1.0` is its direct path.
-    """
-    problems = []
-    for layer in _binary_conv_layers(model):
-        reasons = []
-        if not isinstance(layer.input_quantizer, SIGN_INPUT_QUANTIZERS):
-            reasons.append(
-                f"input_quantizer is {_quantizer_name(layer.input_quantizer)}: use a sign-type "
-                "quantizer (input_quantizer='ste_sign', 'approx_sign' or 'swish_sign'); "
-                "0/1 quantizers such as ste_heaviside or DoReFa(k_bit=1) stay float"
-            )
-        if not isinstance(layer.kernel_quantizer, SIGN_KERNEL_QUANTIZERS):
-            reasons.append(
-                f"kernel_quantizer is {_quantizer_name(layer.kernel_quantizer)}: use a +-1 "
-                "kernel quantizer (kernel_quantizer='ste_sign', or 'magnitude_aware_sign' "
-                "for +-scale) with kernel_constraint='weight_clip'"
-            )
-        if layer.padding == "same" and float(getattr(layer, "pad_values", 0.0)) != 1.0:
-            reasons.append(
-                "padding='same' with pad_values=0 (note): set pad_values=1.0, LCE's direct "
-                "binary padding; zero padding needs a correction step"
-            )
-        if reasons:
-            problems.append((layer.name, reasons))
-    return problems
-
-
-@dataclasses.dataclass
-class BinarizationReport:
-    """How the binary convolutions of a Keras model ended up in its flatbuffer.
-
-    # Attributes
-    binary_convs: number of QuantConv2D layers with a 1-bit input or kernel quantizer.
-    lce_bconv2d: number of `LceBconv2d` operators in the flatbuffer.
-    float_convs: number of float `CONV_2D` / `DEPTHWISE_CONV_2D` operators in it.
-    problems: `(layer_name, reasons)` from `binarization_problems`.
-    """
-
-    binary_convs: int
-    lce_bconv2d: int
-    float_convs: int
-    problems: list
-
-    @property
-    def not_binarized(self):
-        """Binary convolutions of the model that did not become `LceBconv2d`."""
-        return max(self.binary_convs - self.lce_bconv2d, 0)
-
-    @property
-    def ok(self):
-        return self.not_binarized == 0
-
-    def message(self, model_name="model"):
-        text = (
-            f"Model '{model_name}': {self.lce_bconv2d} of {self.binary_convs} binary "
-            f"convolutions became {BCONV_OP} ({self.float_convs} float convolutions in the "
-            "flatbuffer)."
-        )
-        blocking = [(n, [r for r in rs if "(note)" not in r]) for n, rs in self.problems]
-        blocking = [(n, rs) for n, rs in blocking if rs]
-        if not self.ok:
-            if blocking:
-                details = "; ".join(f"{name}: {' and '.join(rs)}" for name, rs in blocking)
-                text += f" Not binarized: {details}."
-            else:
-                text += (
-                    " The layer configuration looks binarizable, so the graph around the "
-                    "binary convolutions probably blocked the conversion (for example an op "
-                    "between the sign quantizer and the convolution); inspect op_list()."
-                )
-        return text
-
-
-def check_binarized(flatbuffer, model, on_failure="raise"):
-    """Check that every binary convolution of `model` became `LceBconv2d` in `flatbuffer`.
-
-    A QuantConv2D layer with a 1-bit input or kernel quantizer counts as a binary
-    convolution. When fewer `LceBconv2d` operators than binary convolutions are in the
-    flatbuffer, the message names the layers and what to change (input quantizer sign-type,
-    kernel +-1, `pad_values=1.0`).
-
-    # Arguments
-    flatbuffer: bytes returned by `convert` for this model.
-    model: the Keras model that was converted.
-    on_failure: `"raise"` (`BinarizationError`), `"warn"` (logger warning) or `"ignore"`.
-
-    # Returns
-    A `BinarizationReport`.
-
-    # Raises
-    BinarizationError: with `on_failure="raise"`, when a binary convolution stayed float
-        (including a model whose flatbuffer holds no `LceBconv2d` at all).
-    """
-    if on_failure not in ("raise", "warn", "ignore"):
-        raise ValueError(f"`on_failure` must be 'raise', 'warn' or 'ignore', got {on_failure!r}.")
-    counts = op_counts(flatbuffer)
-    report = BinarizationReport(
-        binary_convs=len(_binary_conv_layers(model)),
-        lce_bconv2d=counts.get(BCONV_OP, 0),
-        float_convs=sum(counts.get(op, 0) for op in FLOAT_CONV_OPS),
-        problems=binarization_problems(model),
-    )
-    if report.binary_convs == 0:
-        message = (
-            f"Model '{model.name}' has no binary convolution (QuantConv2D with a 1-bit input "
-            "or kernel quantizer), so its flatbuffer runs in float. For binarized deployment "
-            "use lq.layers.QuantConv2D(..., input_quantizer='ste_sign', "
-            "kernel_quantizer='ste_sign', kernel_constraint='weight_clip', pad_values=1.0)."
-        )
-        if on_failure == "raise":
-            raise BinarizationError(message)
-        if on_failure == "warn":
-            log.warning(message)
-    elif not report.ok:
-        if on_failure == "raise":
-            raise BinarizationError(report.message(model.name))
-        if on_failure == "warn":
-            log.warning(report.message(model.name))
-    return report
 
 
 # --------------------------------------------------------------------------- inference
@@ -583,7 +358,7 @@ class TFLiteModel:
                  use_reference_bconv=False, use_xnnpack=False):
         import larq_compute_engine as lce
 
-        _check_flatbuffer(flatbuffer)
+        check_flatbuffer(flatbuffer)
         if int(num_threads) < 1:
             raise ValueError(f"`num_threads` must be >= 1, got {num_threads}.")
         self.flatbuffer = bytes(flatbuffer)

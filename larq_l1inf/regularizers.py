@@ -4,8 +4,9 @@ The penalty of Zheng et al. (eq. 18-19) is
 
 $$\\mathcal{L}_p = \\delta \\prod_{j=1}^{Q} \\alpha_j \\|W_b^j\\|_{1,\\infty},$$
 
-where $W_b^j = Q(W_F^j)$ is the layer's own quantized kernel, $\\alpha_j = \\|W_F^j\\|_1 / n$ its
-scaling factor and $\\|A\\|_{1,\\infty} = \\max_i \\sum_k |a_{ik}|$ the largest L1 norm of a row,
+where $W_b^j = Q(W_F^j)$ is the layer's own (unscaled) quantized kernel, $\\alpha_j$ its
+scaling factor (the scale the layer computes with; $\\|W_F^j\\|_1 / n$, eq. 1, for unscaled
+sign quantizers; one per output channel for XNOR-style ones, see `larq_l1inf.kernels`) and $\\|A\\|_{1,\\infty} = \\max_i \\sum_k |a_{ik}|$ the largest L1 norm of a row,
 one row per output filter. The decisions the paper leaves open are taken in
 `docs/method.md`; each is applied here in one commented line.
 """
@@ -16,30 +17,40 @@ import math
 import larq as lq
 import numpy as np
 
+from larq_l1inf import kernels
 from larq_l1inf._keras import tf
+from larq_l1inf.kernels import (  # noqa: F401 - public here too, where users met them first
+    ALPHA_MODES,
+    KERNEL_ATTRIBUTES,
+    binary_kernel,
+    is_binary,
+    is_binary_quantizer,
+    kernel_rows,
+    l1inf_norm,
+    scaling_factor,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "KernelPenalty",
     "L1InfRegularizer",
+    "PENALTIES",
     "attach",
     "binary_kernel",
+    "get",
     "is_binary",
     "kernel_rows",
     "l1inf_norm",
     "penalized_layers",
     "penalty",
+    "register_penalty",
     "scaling_factor",
 ]
 
 REDUCTIONS = ("log", "sum", "product")
-ALPHA_MODES = ("layer", "channel", "none")
-# (weight, quantizer, regularizer) attributes of the larq layers that hold a kernel.
-KERNEL_ATTRIBUTES = (
-    ("kernel", "kernel_quantizer", "kernel_regularizer"),
-    ("depthwise_kernel", "depthwise_quantizer", "depthwise_regularizer"),
-)
+#: String name -> penalty class, for every penalty registered with `register_penalty`.
+PENALTIES = {}
 # exp() of anything above this overflows float32 (max 3.4e38); below -87.3 it leaves the normal range.
 _LOG_FLOAT32_MAX = math.log(np.finfo(np.float32).max)
 _LOG_FLOAT32_TINY = math.log(np.finfo(np.float32).tiny)
@@ -66,136 +77,98 @@ def _check_choice(value, choices, name):
     return value
 
 
-def is_binary_quantizer(quantizer):
-    """Whether a quantizer is binary, as `larq.layers_base._is_binary` decides: precision 1,
-    not the `NoOp` tag."""
-    return getattr(quantizer, "precision", None) == 1 and not isinstance(
-        quantizer, lq.quantizers.NoOp
-    )
+def register_penalty(name):
+    """Class decorator: register a `KernelPenalty` so that its string name yields an instance.
 
-
-def is_binary(layer):
-    """Whether a layer has a binary kernel quantizer, decided as larq does (`precision == 1`)."""
-    return any(is_binary_quantizer(getattr(layer, q, None)) for _, q, _ in KERNEL_ATTRIBUTES)
-
-
-def binary_kernel(kernel):
-    """The quantized kernel `W_b = Q(W_F)` a larq layer computes with, with its STE gradient.
-
-    A larq layer hands its regularizer the *latent* kernel wrapped as a `QuantizedVariable`,
-    outside `quantized_scope`; this applies the layer's own quantizer to the latent weights.
-    Kernels without a quantizer (full-precision layers, `kernel_quantizer=None`) are returned
-    unchanged. A quantizer whose output is `alpha * W_b` (larq's `MagnitudeAwareSign`, or any
-    quantizer with a `binary_kernel(latent)` method) contributes only `W_b`: alpha is applied
-    by the penalty's `alpha` mode, never twice.
+    The class is registered as a Keras custom object under its class name (saved models load
+    without `custom_objects`), and an instance with the default options under `name`, so
+    `kernel_regularizer=name` works in any layer, as `"l2"` does in Keras. Keras returns a
+    registered object unchanged for a string (`tf.keras.regularizers.get`), so the layers
+    that name it share this one default instance; pass an instance to set options. `get(name)`
+    gives a fresh instance instead.
 
     # Arguments
-    kernel: a larq `QuantizedVariable`, a plain variable or a tensor.
-
-    # Returns
-    A float tensor of the kernel's shape.
-    """
-    latent = getattr(kernel, "latent_variable", kernel)
-    quantizer = getattr(kernel, "quantizer", None)
-    latent = tf.convert_to_tensor(latent)
-    if quantizer is None:
-        return latent
-    if hasattr(quantizer, "binary_kernel"):
-        # A quantizer whose output carries its own scale says which part is W_b (eq. 1).
-        return tf.convert_to_tensor(quantizer.binary_kernel(latent))
-    if isinstance(quantizer, lq.quantizers.MagnitudeAwareSign):
-        # Its output is alpha_c * sign(w) (eq. 1): keep the binary part, alpha is applied by mode.
-        return lq.quantizers.ste_sign(latent, clip_value=quantizer.clip_value)
-    return tf.convert_to_tensor(quantizer(latent))
-
-
-def _is_depthwise(kernel):
-    name = getattr(kernel, "name", "") or ""
-    return "depthwise" in name
-
-
-def kernel_rows(w, depthwise=False):
-    """Reshape a kernel into one row per output channel: shape `(c_out, fan_in)`.
-
-    Dense `(c_in, c_out)` and conv `(*k, c_in, c_out)` kernels put output channels last, so
-    a row is one output filter. A depthwise kernel `(kh, kw, c_in, m)` has `c_in * m` output
-    channels of `kh * kw` weights each.
+    name: the snake-case string name; must not be one of Keras's own names (`"l1"`, `"l2"`,
+        `"l1_l2"`, ...), which it would shadow.
 
     # Raises
-    ValueError: for weights of rank < 2 (biases, batch-norm parameters), which are no kernel.
+    ValueError: for a name Keras already uses or another penalty holds.
     """
-    w = tf.convert_to_tensor(w)
-    rank = w.shape.rank
-    if rank is None or rank < 2:
-        raise ValueError(
-            f"A kernel penalty needs a kernel of rank >= 2 (Dense, Conv1D/2D/3D or depthwise "
-            f"kernel), got a weight of shape {w.shape}. Put the regularizer on a layer's "
-            "`kernel_regularizer` (or `depthwise_regularizer`), not on a bias or "
-            "normalisation parameter."
-        )
-    if depthwise:
-        if rank != 4:
-            raise ValueError(f"A depthwise kernel has rank 4, got shape {w.shape}.")
-        return tf.transpose(tf.reshape(w, (-1, w.shape[2] * w.shape[3])))
-    return tf.transpose(tf.reshape(w, (-1, w.shape[-1])))
+
+    def decorator(cls):
+        keras_names = {n.lower() for n in dir(tf.keras.regularizers)}
+        if name.lower() in keras_names:
+            raise ValueError(f"{name!r} is a Keras regularizer name; pick another string name.")
+        if PENALTIES.get(name, cls) is not cls:
+            raise ValueError(f"{name!r} already names {PENALTIES[name].__name__}.")
+        lq.utils.register_keras_custom_object(cls)
+        PENALTIES[name] = cls
+        tf.keras.utils.get_custom_objects()[name] = cls()
+        return cls
+
+    return decorator
 
 
-def l1inf_norm(w, depthwise=False):
-    """$\\|W\\|_{1,\\infty}$: the largest L1 norm over output channels (the last axis).
+def get(identifier):
+    """A penalty instance from a string name, a config dict or an instance.
 
-    For a conv kernel `(kh, kw, c_in, c_out)` a row is one output filter of `kh*kw*c_in`
-    weights: this is the induced inf->inf operator norm of the layer (Cor. A.1).
+    Unlike a string given to a layer (which yields the shared default instance, see
+    `register_penalty`), a string here gives a fresh instance.
 
     # Arguments
-    w: a kernel tensor or variable of rank >= 2.
-    depthwise: treat `w` as a depthwise kernel `(kh, kw, c_in, m)`.
+    identifier: a name of `PENALTIES` (`"l1inf"`, `"absum"`, ...), a class name, a
+        serialized config dict, a regularizer instance, or None.
 
     # Returns
-    A scalar tensor.
+    A regularizer instance, or None.
+
+    # Raises
+    ValueError: for an unknown name.
 
     !!! example
         ```python
-        import numpy as np
-        from larq_l1inf import l1inf_norm
-        w = np.array([[1.0, -2.0], [3.0, 0.5]])  # (c_in=2, c_out=2)
-        assert float(l1inf_norm(w)) == 4.0        # output channel 0: |1| + |3|
+        from larq_l1inf import regularizers
+        assert regularizers.get("absum").delta == 5e-3
         ```
     """
-    rows = kernel_rows(tf.cast(w, tf.float32), depthwise=depthwise)
-    return tf.reduce_max(tf.reduce_sum(tf.abs(rows), axis=1))
-
-
-def scaling_factor(latent_rows, mode="layer"):
-    """The scaling factor alpha = ||W_F||_1 / n of eq. 1, from latent rows `(c_out, fan_in)`.
-
-    `mode="layer"`: one scalar; `"channel"`: one per output channel (XNOR-style), shape
-    `(c_out,)`; `"none"`: 1 (the paper's "w/o" ablation).
-    """
-    _check_choice(mode, ALPHA_MODES, "alpha")
-    if mode == "none":
-        return tf.ones((), latent_rows.dtype)
-    if mode == "channel":
-        return tf.reduce_mean(tf.abs(latent_rows), axis=1)
-    return tf.reduce_mean(tf.abs(latent_rows))
+    if identifier is None or isinstance(identifier, tf.keras.regularizers.Regularizer):
+        return identifier
+    if isinstance(identifier, str):
+        cls = PENALTIES.get(identifier) or {c.__name__: c for c in PENALTIES.values()}.get(identifier)
+        if cls is not None:
+            return cls()
+    found = tf.keras.regularizers.get(identifier)
+    if isinstance(found, str):  # Keras hands an unknown name back unchanged
+        raise ValueError(
+            f"Unknown regularizer {identifier!r}: use one of {sorted(PENALTIES)}, a Keras "
+            "regularizer name such as 'l2', or an instance."
+        )
+    return found
 
 
 class KernelPenalty(tf.keras.regularizers.Regularizer):
-    """Base of the kernel penalties: `W_b` extraction, alpha, rows, gradient paths, reduction.
+    """Base of the kernel penalties: `W_b`, alpha, gradient paths and the reduction.
 
-    A subclass implements `layer_term(rows, alpha)`: the layer's non-negative term from the
-    quantized rows `(c_out, fan_in)` and alpha (scalar or `(c_out,)`). This class turns it into
-    the layer's loss contribution (`delta * t` for `"sum"`, `delta * log t` for `"log"`) so that
-    every penalty sees the same quantized kernel and the same layer selection.
+    A subclass implements `layer_term(w_b, alpha, depthwise)`: the layer's non-negative term
+    from the unscaled quantized kernel `W_b` (kernel-shaped, `larq_l1inf.kernels.binary_kernel`)
+    and alpha (a scalar or one value per output channel, `larq_l1inf.kernels.scaling_factor`).
+    This class turns it into the layer's loss contribution (`delta * t` for `"sum"`,
+    `delta * log t` for `"log"`), so every penalty sees the same kernel and the same alpha.
 
     # Arguments
     delta: the constraint coefficient, a finite number >= 0.
     reduction: one of the class's `reductions`: `"sum"` or `"log"` of the layer terms.
-    alpha: `"layer"`, `"channel"` or `"none"`; only applied to quantized kernels (a
-        full-precision kernel already carries its scale, so there alpha = 1).
+    alpha: `"auto"` (the scale the layer computes with: per output channel for XNOR-style
+        quantizers, eq. 1 per layer for unscaled sign quantizers), `"layer"`, `"channel"` or
+        `"none"`; see `larq_l1inf.kernels.scaling_factor`. Full-precision kernels always
+        have alpha = 1.
     normalize: divide each layer term by the layer's fan-in (`kh*kw*c_in`).
     alpha_gradient: let the gradient reach the latent weights through alpha.
     quantizer_gradient: let the gradient reach the latent weights through the quantizer's
         pseudo-gradient (STE).
+
+    # Raises
+    ValueError: for a negative or non-finite delta, an unknown reduction or alpha mode.
     """
 
     reductions = ("sum", "log")
@@ -204,7 +177,7 @@ class KernelPenalty(tf.keras.regularizers.Regularizer):
         self,
         delta=5e-3,
         reduction="sum",
-        alpha="layer",
+        alpha="auto",
         normalize=False,
         alpha_gradient=True,
         quantizer_gradient=True,
@@ -223,26 +196,28 @@ class KernelPenalty(tf.keras.regularizers.Regularizer):
         # Linear warm-up factor in [0, 1], set by `L1InfCallback`; a float unless warm-up runs.
         self.warmup_factor = 1.0
 
-    def layer_term(self, rows, alpha):  # pragma: no cover - abstract
+    def layer_term(self, w_b, alpha, depthwise):  # pragma: no cover - abstract
+        """The layer's term from `W_b` (kernel-shaped), alpha and whether it is depthwise."""
         raise NotImplementedError
 
     def term(self, kernel, depthwise=None):
-        """The layer's term `t_j` (before delta and the reduction), as a float32 scalar."""
+        """The layer's term `t_j` (before delta and the reduction), as a float32 scalar.
+
+        # Arguments
+        kernel: the kernel the layer hands its regularizer (a `QuantizedVariable`).
+        depthwise: whether it is a depthwise kernel; None guesses from its name.
+        """
         if depthwise is None:
-            depthwise = _is_depthwise(kernel)
-        quantized = getattr(kernel, "quantizer", None) is not None
-        w_b = tf.cast(binary_kernel(kernel), tf.float32)
-        latent = tf.cast(tf.convert_to_tensor(getattr(kernel, "latent_variable", kernel)), tf.float32)
+            depthwise = "depthwise" in (getattr(kernel, "name", "") or "")
+        w_b = tf.cast(binary_kernel(kernel, depthwise), tf.float32)
+        alpha = tf.cast(scaling_factor(kernel, self.alpha, depthwise), tf.float32)
         if not self.quantizer_gradient:
             w_b = tf.stop_gradient(w_b)
-        rows = kernel_rows(w_b, depthwise)
-        # Full-precision kernels get alpha = 1: they already carry their own scale (method.md).
-        alpha = scaling_factor(kernel_rows(latent, depthwise), self.alpha if quantized else "none")
         if not self.alpha_gradient:
             alpha = tf.stop_gradient(alpha)
-        value = self.layer_term(rows, alpha)
+        value = self.layer_term(w_b, alpha, depthwise)
         if self.normalize:
-            value = value / float(rows.shape[1])
+            value = value / float(kernel_rows(w_b, depthwise).shape[1])
         return value
 
     def reduce(self, term):
@@ -270,13 +245,21 @@ class KernelPenalty(tf.keras.regularizers.Regularizer):
         }
 
 
-@lq.utils.register_keras_custom_object
+def scale_rows(rows, alpha):
+    """`diag(alpha) rows` for a per-channel alpha `(c_out,)`, `alpha * rows` for a scalar."""
+    if alpha.shape.rank == 1:
+        return rows * alpha[:, None]
+    return rows * alpha
+
+
+@register_penalty("l1inf")
 class L1InfRegularizer(KernelPenalty):
     """The L1,inf-norm penalty of Zheng et al. on a larq quantized kernel.
 
     Each penalized layer j contributes the term
     $t_j = \\|\\mathrm{diag}(\\alpha_j) W_b^j\\|_{1,\\infty}$ (alpha per layer, per output
-    channel, or off), optionally divided by its fan-in; the terms are combined by `reduction`:
+    channel, or off), optionally divided by its fan-in; the terms are combined by `reduction`.
+    The string name `"l1inf"` (`kernel_regularizer="l1inf"`) gives the default instance.
 
     - `"sum"` (default, with `normalize=True`): $\\delta \\sum_j t_j / n_j$, a per-layer sum as
       other Lipschitz regularizers do. Chosen by measurement (`experiments/choose_default.py`,
@@ -294,8 +277,12 @@ class L1InfRegularizer(KernelPenalty):
     # Arguments
     delta: the constraint coefficient; the paper uses 5e-3 and 5e-2.
     reduction: `"log"`, `"sum"` or `"product"`.
-    alpha: `"layer"` (eq. 1), `"channel"` (XNOR-style, `diag(alpha) W_b`) or `"none"` (the
-        paper's "w/o" ablation, tables 15-16).
+    alpha: `"auto"` (default): the scale the layer computes with, one per output channel for
+        XNOR-style quantizers (larq's `magnitude_aware_sign`, or a quantizer with a
+        `scale(latent)` hook), eq. 1 `||W_F||_1 / n` per layer for unscaled sign quantizers
+        (`ste_sign`, `approx_sign`, ...). `"layer"` (eq. 1 for every quantizer), `"channel"`
+        (mean |w| per output channel) or `"none"` (the paper's "w/o" ablation, tables
+        15-16). See `larq_l1inf.kernels.scaling_factor`.
     normalize: divide each term by the layer's fan-in `n_j = kh*kw*c_in`, which makes `sum`
         comparable across layers of different width (on by default).
     alpha_gradient: gradient path through alpha to the latent weights (on by default).
@@ -336,7 +323,7 @@ class L1InfRegularizer(KernelPenalty):
         self,
         delta=5e-3,
         reduction="sum",
-        alpha="layer",
+        alpha="auto",
         normalize=True,
         alpha_gradient=True,
         quantizer_gradient=True,
@@ -353,11 +340,9 @@ class L1InfRegularizer(KernelPenalty):
         # Set by `attach`: the model-level product loss is in place, so the layer adds nothing.
         self._attached = False
 
-    def layer_term(self, rows, alpha):
-        row_sums = tf.reduce_sum(tf.abs(rows), axis=1)
-        if alpha.shape.rank == 1:  # diag(alpha) W_b: each row scaled by its own alpha
-            return tf.reduce_max(alpha * row_sums)
-        return alpha * tf.reduce_max(row_sums)
+    def layer_term(self, w_b, alpha, depthwise):
+        row_sums = tf.reduce_sum(tf.abs(kernel_rows(w_b, depthwise)), axis=1)
+        return tf.reduce_max(alpha * row_sums)  # ||diag(alpha) W_b||_{1,inf}
 
     @tf.autograph.experimental.do_not_convert
     def __call__(self, kernel):
@@ -374,44 +359,20 @@ class L1InfRegularizer(KernelPenalty):
         return tf.zeros(())
 
 
-def _register_string_identifiers(cls, *names):
-    """Make `kernel_regularizer="l1inf"` yield an instance, as `"l2"` does in Keras.
-
-    Keras turns a string into an *instance* only for names in its regularizers module (a name
-    in the custom-object registry comes back as the class), so the alias is added there.
-    """
-    from tf_keras.src import regularizers as keras_regularizers
-
-    for name in names:
-        setattr(keras_regularizers, name, cls)
-
-
-_register_string_identifiers(L1InfRegularizer, "l1inf")
-
-
 def penalized_layers(model):
-    """The `(layer, weight, regularizer)` triples of a model whose kernel has a `KernelPenalty`.
+    """The kernels of a model that carry a `KernelPenalty`, as `larq_l1inf.kernels.Kernel`
+    tuples `(layer, weight, quantizer, regularizer, depthwise)`.
 
-    Nested models are searched too (`model.submodules`), each layer once.
+    Nested models and layers are searched too (`larq_l1inf.kernels.model_kernels`), each
+    layer once.
     """
-    found = []
-    seen = set()
-    for layer in [model, *model.submodules]:
-        if id(layer) in seen or not isinstance(layer, tf.keras.layers.Layer):
-            continue
-        seen.add(id(layer))
-        for weight_attr, _, reg_attr in KERNEL_ATTRIBUTES:
-            regularizer = getattr(layer, reg_attr, None)
-            weight = getattr(layer, weight_attr, None)
-            if isinstance(regularizer, KernelPenalty) and weight is not None:
-                found.append((layer, weight, regularizer))
-    return found
+    return [k for k in kernels.model_kernels(model) if isinstance(k.regularizer, KernelPenalty)]
 
 
 def _product_groups(entries):
     """The product-reduction entries of `penalized_layers`, checked to form one product."""
-    entries = [(layer, weight, reg) for layer, weight, reg in entries if reg.reduction == "product"]
-    deltas = {reg.delta for _, _, reg in entries}
+    entries = [k for k in entries if k.regularizer.reduction == "product"]
+    deltas = {k.regularizer.delta for k in entries}
     if len(deltas) > 1:
         raise ValueError(
             "All L1InfRegularizer(reduction='product') layers of one model form one product "
@@ -421,23 +382,17 @@ def _product_groups(entries):
     return entries
 
 
-def _is_depthwise_weight(layer, weight):
-    return weight is getattr(layer, "depthwise_kernel", None)
-
-
-def _layer_term(layer, weight, reg):
-    return reg.term(weight, depthwise=_is_depthwise_weight(layer, weight))
+def _layer_term(entry):
+    return entry.regularizer.term(entry.weight, depthwise=entry.depthwise)
 
 
 def _log_product(entries):
-    return tf.add_n(
-        [tf.math.log(tf.maximum(_layer_term(*entry), _TERM_FLOOR)) for entry in entries]
-    )
+    return tf.add_n([tf.math.log(tf.maximum(_layer_term(k), _TERM_FLOOR)) for k in entries])
 
 
 def _product_penalty(entries):
     """delta * exp(sum log t_j), refusing values float32 cannot hold instead of inf or 0."""
-    reg = entries[0][2]
+    reg = entries[0].regularizer
     if reg.delta == 0:
         return tf.zeros(())
     log_value = _log_product(entries) + math.log(reg.delta)
@@ -469,10 +424,11 @@ def penalty(model):
         log.warning("penalty(): the model has no layer with an L1InfRegularizer (or KernelPenalty).")
         return tf.zeros(())
     parts = []
-    for layer, weight, reg in entries:
+    for entry in entries:
+        reg = entry.regularizer
         if reg.reduction == "product" or reg.delta == 0:
             continue
-        parts.append(reg.warmup_factor * reg.reduce(_layer_term(layer, weight, reg)))
+        parts.append(reg.warmup_factor * reg.reduce(_layer_term(entry)))
     products = _product_groups(entries)
     if products:
         parts.append(_product_penalty(products))
@@ -496,8 +452,8 @@ def attach(model):
         return model
     _product_penalty(entries)  # fail early on over/underflow
     model.add_loss(lambda: _product_penalty(_product_groups(penalized_layers(model))))
-    for _, _, reg in entries:
-        reg._attached = True
+    for entry in entries:
+        entry.regularizer._attached = True
     model._l1inf_attached = True
     # A train/test function traced before the loss was added would not include it.
     model.train_function = model.test_function = None

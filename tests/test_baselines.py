@@ -7,14 +7,15 @@ import pytest
 
 from larq_l1inf._keras import tf
 from larq_l1inf.baselines import (
+    BASELINE_REGULARIZERS,
     AbsumRegularizer,
     L1Regularizer,
     SpectralNormRegularizer,
     spectral_norm,
 )
 
-BASELINES = [L1Regularizer, SpectralNormRegularizer, AbsumRegularizer]
-ALPHAS = ["layer", "channel", "none"]
+BASELINES = list(BASELINE_REGULARIZERS.values())  # a new baseline gets every test below
+ALPHAS = ["auto", "layer", "channel", "none"]
 REDUCTIONS = ["sum", "log"]
 
 
@@ -22,12 +23,13 @@ def np_sign(w):
     return np.where(w >= 0, 1.0, -1.0)
 
 
-def np_alpha(latent, mode, c_out_axis_last=True):
-    """alpha per method.md from a latent kernel with output channels last (non-depthwise)."""
+def np_alpha(latent, mode, per_channel_scale=False):
+    """alpha per method.md from a latent kernel with output channels last (non-depthwise);
+    `"auto"` is per channel only for a quantizer with a per-channel scale."""
     c_out = latent.shape[-1]
     if mode == "none":
         return np.ones(c_out)
-    if mode == "layer":
+    if mode == "layer" or (mode == "auto" and not per_channel_scale):
         return np.full(c_out, np.abs(latent).mean())
     return np.array([np.abs(latent[..., o]).mean() for o in range(c_out)])
 
@@ -81,6 +83,9 @@ LAYERS = [
         kernel_constraint="weight_clip", kernel_regularizer=reg), (7,)),
     ("float_conv2d", lambda reg: lq.layers.QuantConv2D(
         3, 2, kernel_regularizer=reg, use_bias=False), (5, 5, 2)),
+    ("xnor_conv2d", lambda reg: lq.layers.QuantConv2D(
+        4, 3, kernel_quantizer="magnitude_aware_sign", input_quantizer="ste_sign",
+        kernel_constraint="weight_clip", use_bias=False, kernel_regularizer=reg), (6, 6, 3)),
 ]
 
 
@@ -113,7 +118,7 @@ class TestAgainstNumpy:
             else layer.kernel.numpy()
         quantized = name != "float_conv2d"
         w_b = np_sign(latent) if quantized else latent
-        a = np_alpha(latent, alpha if quantized else "none")
+        a = np_alpha(latent, alpha if quantized else "none", name == "xnor_conv2d")
         term = NUMPY_TERMS[cls](w_b, a)
         expected = delta * (term if reduction == "sum" else np.log(term))
         (got,) = [float(v) for v in model.losses]

@@ -176,6 +176,28 @@ class TestFormulas:
         assert bounds.data_free_log10_terms(wrapped) == bounds.data_free_log10_terms(model)
 
 
+@pytest.mark.parametrize("quantizer", ["ste_sign", "magnitude_aware_sign"])
+def test_bound_factors_are_the_penalty_s_terms(quantizer):
+    """Per binary layer, alpha_l ||W_b^l||_{1,inf} of the bounds is the penalty's own layer term
+    (one definition of W_b and alpha), including a per-channel alpha; a float stem and the float
+    classifier are not in the product."""
+    from larq_l1inf import L1InfRegularizer
+
+    tf.keras.utils.set_random_seed(2)
+    x = inp = tf.keras.Input((6, 6, 2))
+    x = tf.keras.layers.Conv2D(3, 3, name="stem")(x)
+    for name in ("a", "b"):
+        x = lq.layers.QuantConv2D(3, 3, padding="same", name=name, input_quantizer="ste_sign",
+                                  kernel_quantizer=quantizer, kernel_constraint="weight_clip")(x)
+    model = tf.keras.Model(inp, tf.keras.layers.Dense(2)(tf.keras.layers.Flatten()(x)))
+    terms = bounds.data_free_log10_terms(model)
+    reg = L1InfRegularizer(1.0, normalize=False)
+    expected = sum(math.log10(float(reg.term(model.get_layer(n).kernel))) for n in ("a", "b"))
+    assert terms["num_layers"] == 2
+    np.testing.assert_allclose(terms["log10_alpha"] + terms["log10_l1inf"], expected, rtol=1e-6)
+    np.testing.assert_allclose(terms["log10_l1inf"], 2 * math.log10(3 * 3 * 3), rtol=1e-6)
+
+
 def worst_excess(model, x, eps, beta):
     """max over class pairs and noises (random, gradient-sign) of log10(change) - log10(bound)."""
     xb = x[:8]

@@ -66,6 +66,32 @@ class TestLogging:
         assert "no layer" in caplog.text
 
 
+def test_logged_alpha_and_term_are_the_penalty_s_per_channel_alpha():
+    """With magnitude_aware_sign, alpha="auto" is per output channel: the callback logs its
+    mean and max and the term the penalty used, all against loops."""
+    reg = L1InfRegularizer(0.05, normalize=False)
+    model = tf.keras.Sequential([
+        tf.keras.Input((6, 6, 2)),
+        lq.layers.QuantConv2D(4, 3, name="xnor", input_quantizer="ste_sign",
+                              kernel_quantizer="magnitude_aware_sign", kernel_constraint="weight_clip",
+                              kernel_regularizer=reg),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(2),
+    ])
+    model.compile(tf.keras.optimizers.SGD(0.05),
+                  tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    logs = model.fit(rng.random((8, 6, 6, 2)), rng.integers(0, 2, 8), epochs=1, verbose=0,
+                     callbacks=[L1InfCallback(bounds=False)]).history
+    latent = model.get_layer("xnor").kernel.latent_variable.numpy().astype(np.float64)
+    alpha = [np.abs(latent[..., o]).mean() for o in range(latent.shape[-1])]
+    fan_in = latent[..., 0].size
+    assert logs["l1inf_alpha/xnor"][-1] == pytest.approx(np.mean(alpha), rel=1e-5)
+    assert logs["l1inf_alpha_max/xnor"][-1] == pytest.approx(max(alpha), rel=1e-5)
+    assert logs["l1inf_term/xnor"][-1] == pytest.approx(max(alpha) * fan_in, rel=1e-5)
+    assert logs["l1inf_penalty"][-1] == pytest.approx(0.05 * max(alpha) * fan_in, rel=1e-5)
+
+
 class TestWarmup:
     def test_factor_schedule(self):
         callback = L1InfCallback(warmup_epochs=4)

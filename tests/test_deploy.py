@@ -11,42 +11,19 @@ import larq as lq
 import numpy as np
 import pytest
 
+from helpers import BINARY, toy_bnn, trained_like_batchnorm, uniform_inputs
+
 import larq_l1inf
-from larq_l1inf import deploy
+from larq_l1inf import deploy, flatbuffer, variants
 from larq_l1inf._keras import tf
-
-BINARY = dict(
-    input_quantizer="ste_sign",
-    kernel_quantizer="ste_sign",
-    kernel_constraint="weight_clip",
-    use_bias=False,
-)
-
 
 def tiny_bnn(regularizer=None, name="tiny_bnn"):
     """Float stem, two binary convs (one 'same' with pad_values=1), float head: 8x8x3 -> 5."""
-    inputs = tf.keras.Input((8, 8, 3))
-    x = tf.keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
-    x = tf.keras.layers.BatchNormalization()(x)
-    x = lq.layers.QuantConv2D(8, 3, padding="same", pad_values=1.0,
-                              kernel_regularizer=regularizer, **BINARY)(x)
-    x = tf.keras.layers.BatchNormalization()(x)
-    x = lq.layers.QuantConv2D(8, 3, kernel_regularizer=regularizer, **BINARY)(x)
-    x = tf.keras.layers.BatchNormalization()(x)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    outputs = tf.keras.layers.Dense(5)(x)
-    model = tf.keras.Model(inputs, outputs, name=name)
-    # Non-trivial batch-norm statistics, so the comparison is not of near-constant outputs.
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(np.linspace(-0.3, 0.3, n).astype("float32"))
-            layer.moving_variance.assign(np.linspace(0.5, 2.0, n).astype("float32"))
-    return model
+    return trained_like_batchnorm(toy_bnn(kernel_regularizer=regularizer, name=name))
 
 
 def inputs(n=6, seed=1):
-    return np.random.default_rng(seed).uniform(0, 1, (n, 8, 8, 3)).astype("float32")
+    return uniform_inputs((n, 8, 8, 3), seed)
 
 
 def analyzer_ops(flatbuffer):
@@ -75,16 +52,44 @@ UNBINARIZABLE = [
 ]
 
 
-def mixed_bnn():
-    """One binarizable conv and one of every UNBINARIZABLE kind, in sequence."""
+def diagnosis_model():
+    """One binary conv of every variant of `larq_l1inf.variants.VARIANTS`, one of every
+    UNBINARIZABLE kind, a good one and a zero-padded one, in parallel on one 8x8 input. Every
+    conv has its own number of filters, so the output shape of an `LceBconv2d` names its layer.
+
+    # Returns
+    The model and `{filters: layer name}`.
+    """
     inputs_ = tf.keras.Input((8, 8, 3))
     x = tf.keras.layers.BatchNormalization()(inputs_)
-    x = lq.layers.QuantConv2D(4, 3, padding="same", pad_values=1.0, name="good", **BINARY)(x)
+    branches, names = [], {}
+    filters = iter(range(3, 100))
+
+    def branch(y, n, name):
+        names[n] = name
+        branches.append(tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.BatchNormalization()(y)))
+
+    for name in variants.VARIANTS:
+        n = next(filters)
+        branch(variants.get_variant(name).binary_conv(x, n, 3, name=f"variant_{name}"), n, f"variant_{name}")
     for i, (kwargs, _) in enumerate(UNBINARIZABLE):
-        x = tf.keras.layers.BatchNormalization()(x)
-        x = lq.layers.QuantConv2D(4, 3, padding="same", pad_values=1.0, use_bias=False,
-                                  name=f"bad_{i}", **kwargs)(x)
-    return tf.keras.Model(inputs_, tf.keras.layers.GlobalAveragePooling2D()(x), name="mixed")
+        n = next(filters)
+        branch(lq.layers.QuantConv2D(n, 3, padding="same", pad_values=1.0, use_bias=False,
+                                     name=f"bad_{i}", **kwargs)(x), n, f"bad_{i}")
+    for name, pad in (("good", 1.0), ("zero_pad", 0.0)):
+        n = next(filters)
+        branch(lq.layers.QuantConv2D(n, 3, padding="same", pad_values=pad, name=name, **BINARY)(x),
+               n, name)
+    model = tf.keras.Model(inputs_, tf.keras.layers.Concatenate()(branches), name="mixed")
+    return trained_like_batchnorm(model), names
+
+
+@pytest.fixture(scope="module")
+def diagnosed():
+    """The diagnosis model, converted once in-process (no crash seen with these layers)."""
+    tf.keras.utils.set_random_seed(0)
+    model, names = diagnosis_model()
+    return model, names, deploy.convert(model, in_process=True, on_failure="ignore")
 
 
 class TestOpCounts:
@@ -162,9 +167,17 @@ class TestConvert:
         with pytest.raises(TypeError, match="tf.keras.Model"):
             deploy.convert(lambda x: x)
 
-    def test_bad_binarized_option(self, converted):
+    def test_bad_on_failure_option(self, converted):
         with pytest.raises(ValueError, match="'warn', 'raise' or 'ignore'"):
-            deploy.convert(converted[0], binarized="yes")
+            deploy.convert(converted[0], on_failure="yes")
+
+    def test_binarized_keyword_is_deprecated_but_works(self, converted, monkeypatch):
+        model, flatbuffer_ = converted
+        monkeypatch.setattr(deploy, "_convert_in_process", lambda *args: flatbuffer_)
+        with pytest.warns(DeprecationWarning, match="on_failure"):
+            assert deploy.convert(model, in_process=True, binarized="raise") == flatbuffer_
+        with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="on_failure"):
+            deploy.convert(model, in_process=True, binarized="yes")
 
 
 class TestRoundTrip:
@@ -175,7 +188,7 @@ class TestRoundTrip:
         model.save(path, save_format=fmt)
         loaded = tf.keras.models.load_model(path)  # no custom_objects
         assert isinstance(loaded.layers[3].kernel_regularizer, larq_l1inf.L1InfRegularizer)
-        reloaded = deploy.convert(loaded, in_process=True, binarized="raise")
+        reloaded = deploy.convert(loaded, in_process=True, on_failure="raise")
         assert deploy.op_counts(reloaded) == deploy.op_counts(flatbuffer)
         x = inputs()
         np.testing.assert_allclose(deploy.TFLiteModel(reloaded).predict(x),
@@ -235,40 +248,71 @@ class TestCheckBinarized:
     def test_binarized_model_passes(self, converted):
         model, flatbuffer = converted
         report = deploy.check_binarized(flatbuffer, model)
-        assert (report.binary_convs, report.lce_bconv2d, report.float_convs) == (2, 2, 1)
+        assert (report.binary_convs, report.binarizable, report.lce_bconv2d, report.float_convs) \
+            == (2, 2, 2, 1)
         assert report.ok and report.problems == []
 
-    def test_unbinarizable_layers_are_named_with_the_fix(self, caplog, monkeypatch):
-        model = mixed_bnn()
-        with caplog.at_level(logging.WARNING, logger="larq_l1inf.deploy"):
-            flatbuffer = deploy.convert(model, in_process=True)  # binarized="warn"
-        assert f"1 of {1 + len(UNBINARIZABLE)} binary convolutions became" in caplog.text
+    def test_diagnosis_agrees_with_lce_layer_by_layer(self, diagnosed):
+        """For every variant (and the other kinds): the layers `diagnose` calls binarizable are
+        exactly those LCE made `LceBconv2d` (identified by their unique filter counts)."""
+        model, names, flatbuffer_ = diagnosed
+        bconv = sorted(names[op.output_shapes[0][-1]] for op in flatbuffer.operators(flatbuffer_)
+                       if op.type == "LceBconv2d")
+        expected = sorted(d.name for d in flatbuffer.diagnose(model) if d.binarizable)
+        assert bconv == expected
+        report = deploy.check_binarized(flatbuffer_, model, on_failure="ignore")
+        assert report.binarizable == report.lce_bconv2d == len(bconv)
+        reasons = dict(deploy.binarization_problems(model))
+        assert "padding='same' with pad_values=0 (note)" in reasons["zero_pad"][0]
+        for name in names.values():  # every layer that stays float says why, not as a note
+            if name not in bconv and name in reasons:
+                assert any("(note)" not in r for r in reasons[name]), (name, reasons[name])
+
+    def test_unbinarizable_layers_are_named_with_the_fix(self, diagnosed, caplog, monkeypatch):
+        model, _, flatbuffer_ = diagnosed
+        report = deploy.check_binarized(flatbuffer_, model, on_failure="ignore")
         # Asked for binarized deployment, convert() raises (same flatbuffer, not re-converted).
-        monkeypatch.setattr(deploy, "_convert_in_process", lambda *args: flatbuffer)
+        monkeypatch.setattr(deploy, "_convert_in_process", lambda *args: flatbuffer_)
         with pytest.raises(deploy.BinarizationError, match="bad_0"):
-            deploy.convert(model, in_process=True, binarized="raise")
+            deploy.convert(model, in_process=True, on_failure="raise")
         with pytest.raises(deploy.BinarizationError) as info:
-            deploy.check_binarized(flatbuffer, model, on_failure="raise")
+            deploy.check_binarized(flatbuffer_, model, on_failure="raise")
         message = str(info.value)
-        assert f"1 of {1 + len(UNBINARIZABLE)} binary convolutions became LceBconv2d" in message
+        assert f"{report.lce_bconv2d} of {report.binary_convs} binary convolutions became LceBconv2d" in message
         for i, (_, phrase) in enumerate(UNBINARIZABLE):
             assert re.search(f"bad_{i}: {phrase}", message), message
-        assert "good:" not in message
+        assert "good:" not in message and "variant_bnn:" not in message
         assert "ste_sign" in message  # says what to use instead
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="larq_l1inf.deploy"):
-            report = deploy.check_binarized(flatbuffer, model, on_failure="warn")
-        assert report.not_binarized == len(UNBINARIZABLE)
+        with caplog.at_level(logging.WARNING, logger="larq_l1inf.flatbuffer"):
+            report = deploy.check_binarized(flatbuffer_, model, on_failure="warn")
+        assert report.not_binarized == report.binary_convs - report.lce_bconv2d > 0
         assert "Not binarized" in caplog.text
+
+    def test_irnet_resnet20_is_binarizable(self):
+        """The old class-list check called all 18 binary convs of IR-Net float; LCE binarizes
+        every one (`TestLceMatrix`), and so does the diagnosis."""
+        from larq_l1inf import backbones
+
+        model = backbones.resnet20("irnet", input_shape=(8, 8, 3), width=2)
+        diagnoses = flatbuffer.diagnose(model)
+        assert len(diagnoses) == 18 and all(d.binarizable and not d.reasons for d in diagnoses)
+
+    def test_1d_dense_and_depthwise_stay_float_with_a_note(self):
+        x = inputs_ = tf.keras.Input((8, 3))
+        x = lq.layers.QuantConv1D(2, 3, name="c1", **BINARY)(x)
+        x = lq.layers.QuantDense(2, name="d", input_quantizer="ste_sign", kernel_quantizer="ste_sign")(x)
+        problems = dict(deploy.binarization_problems(tf.keras.Model(inputs_, x)))
+        assert "1-D convolution" in problems["c1"][0] and "dense layer" in problems["d"][0]
+        assert all("(note)" in r for rs in problems.values() for r in rs)
 
     def test_model_without_binary_convs(self):
         inputs_ = tf.keras.Input((8, 8, 3))
         x = lq.layers.QuantConv2D(4, 3)(inputs_)  # no quantizers: a float conv
         model = tf.keras.Model(inputs_, x, name="float_only")
-        flatbuffer = deploy.convert(model, in_process=True, binarized="ignore")
-        assert "LceBconv2d" not in deploy.op_counts(flatbuffer)
+        flatbuffer_ = deploy.convert(model, in_process=True, on_failure="ignore")
+        assert "LceBconv2d" not in deploy.op_counts(flatbuffer_)
         with pytest.raises(deploy.BinarizationError, match="no binary convolution"):
-            deploy.check_binarized(flatbuffer, model)
+            deploy.check_binarized(flatbuffer_, model)
 
     PADDING_CASES = [
         (dict(padding="same", pad_values=0.0), True),
@@ -292,3 +336,20 @@ class TestCheckBinarized:
         model = tf.keras.Model(inputs_, lq.layers.QuantConv2D(4, 3, name="c", **kwargs)(inputs_))
         ((name, reasons),) = deploy.binarization_problems(model)
         assert name == "c" and reasons[0].startswith(phrase)
+
+
+@pytest.mark.slow
+class TestLceMatrix:
+    """Every variant on two tiny backbones, really converted: the diagnosis' count of
+    binarizable convs equals the LceBconv2d count (about 20 s per conversion)."""
+
+    @pytest.mark.parametrize("backbone", ["vgg_small", "resnet20"])
+    @pytest.mark.parametrize("variant", list(variants.VARIANTS))
+    def test_count(self, backbone, variant):
+        from larq_l1inf import backbones
+
+        model = getattr(backbones, backbone)(variant, input_shape=(16, 16, 3), width=2,
+                                             num_classes=3)
+        report = deploy.check_binarized(deploy.convert(model, in_process=True, on_failure="ignore"),
+                                        model, on_failure="ignore")
+        assert report.binarizable == report.lce_bconv2d

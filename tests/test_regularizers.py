@@ -5,9 +5,10 @@ import math
 import larq as lq
 import numpy as np
 import pytest
+from helpers import numpy_rows
 
 import larq_l1inf
-from larq_l1inf import L1InfRegularizer, attach, l1inf_norm, penalty
+from larq_l1inf import L1InfRegularizer, attach, l1inf_norm, penalty, regularizers
 from larq_l1inf._keras import tf
 
 # name -> (larq quantizer, NumPy forward of W_b from the latent weights)
@@ -25,7 +26,9 @@ QUANTIZERS = {
     "none": (None, lambda w: w),
 }
 REDUCTIONS = ["log", "sum", "product"]
-ALPHAS = ["layer", "channel", "none"]
+ALPHAS = ["auto", "layer", "channel", "none"]
+# Quantizers whose output carries a per-output-channel scale: "auto" takes it as alpha.
+PER_CHANNEL = {"magnitude_aware_sign"}
 
 
 def make_layer(kind, quantizer, shape_seed=0):
@@ -46,26 +49,24 @@ def make_layer(kind, quantizer, shape_seed=0):
     return layer, weight, kind == "depthwise"
 
 
-def np_rows(w, depthwise):
-    """Rows (one per output channel) by explicit loops, independent of kernel_rows."""
-    w = np.asarray(w, np.float64)
-    if depthwise:
-        kh, kw, cin, m = w.shape
-        return np.array([[w[a, b, c, k] for a in range(kh) for b in range(kw)] for c in range(cin) for k in range(m)])
-    c_out = w.shape[-1]
-    flat = w.reshape(-1, c_out)
-    return np.array([[flat[j, i] for j in range(flat.shape[0])] for i in range(c_out)])
-
-
-def np_term(latent, w_b, depthwise, alpha, normalize, quantized):
-    rows_b, rows_f = np_rows(w_b, depthwise), np_rows(latent, depthwise)
+def np_term(latent, w_b, depthwise, alpha, normalize, quantized, per_channel=False):
+    """The layer term by loops. `per_channel`: the quantizer's own scale is the per-output-channel
+    mean |w| (larq's MagnitudeAwareSign: over all axes but the last, also for depthwise)."""
+    rows_b, rows_f = numpy_rows(w_b, depthwise), numpy_rows(latent, depthwise)
+    if per_channel:
+        last = latent.shape[-1]
+        channel_scale = [np.abs(latent[..., k]).mean() for k in range(last)]
+        # row i of a depthwise kernel is (c, k) with k fastest; otherwise row i is channel i
+        row_scale = [channel_scale[i % last] for i in range(rows_b.shape[0])]
     best = 0.0
     for i in range(rows_b.shape[0]):
         row_sum = sum(abs(v) for v in rows_b[i])
         if alpha == "none" or not quantized:
             a = 1.0
-        elif alpha == "layer":
+        elif alpha == "layer" or (alpha == "auto" and not per_channel):
             a = np.abs(rows_f).mean()
+        elif alpha == "auto":
+            a = row_scale[i]
         else:
             a = np.abs(rows_f[i]).mean()
         best = max(best, a * row_sum)
@@ -84,12 +85,12 @@ class TestNorm:
     @pytest.mark.parametrize("shape", [(3, 2), (3, 4, 5), (3, 3, 2, 4)])
     def test_l1inf_norm_matches_loops(self, shape):
         w = np.random.default_rng(1).normal(size=shape)
-        assert float(l1inf_norm(w)) == pytest.approx(np_rows(w, False).__abs__().sum(1).max(), rel=1e-5)
+        assert float(l1inf_norm(w)) == pytest.approx(numpy_rows(w, False).__abs__().sum(1).max(), rel=1e-5)
 
     def test_depthwise_rows(self):
         w = np.random.default_rng(2).normal(size=(3, 3, 4, 2))
         got = float(l1inf_norm(w, depthwise=True))
-        assert got == pytest.approx(np.abs(np_rows(w, True)).sum(1).max(), rel=1e-5)
+        assert got == pytest.approx(np.abs(numpy_rows(w, True)).sum(1).max(), rel=1e-5)
 
 
 class TestAgainstNumPy:
@@ -101,7 +102,8 @@ class TestAgainstNumPy:
         latent = np.asarray(getattr(weight, "latent_variable", weight).numpy())
         for alpha in ALPHAS:
             for normalize in (False, True):
-                expected_t = np_term(latent, forward(latent), depthwise, alpha, normalize, q is not None)
+                expected_t = np_term(latent, forward(latent), depthwise, alpha, normalize,
+                                     q is not None, quantizer in PER_CHANNEL)
                 for reduction in REDUCTIONS:
                     reg = L1InfRegularizer(0.3, reduction=reduction, alpha=alpha, normalize=normalize)
                     assert float(reg.term(weight)) == pytest.approx(expected_t, rel=1e-5), (alpha, normalize)
@@ -139,8 +141,8 @@ def small_model(reduction, delta=0.1, alpha="layer", normalize=False, functional
 
 def np_model_terms(model):
     terms = []
-    for layer, weight, reg in larq_l1inf.regularizers.penalized_layers(model):
-        depthwise = weight is getattr(layer, "depthwise_kernel", None)
+    for entry in regularizers.penalized_layers(model):
+        weight, reg, depthwise = entry.weight, entry.regularizer, entry.depthwise
         latent = getattr(weight, "latent_variable", weight).numpy()
         quantized = getattr(weight, "quantizer", None) is not None
         w_b = np.where(latent >= 0, 1.0, -1.0) if quantized else latent
@@ -214,22 +216,159 @@ class TestModelPenalty:
             attach(model)
 
 
-class ScaledSign(lq.quantizers.SteSign):
-    """A quantizer whose output is 3 * sign(w) and which names its binary part."""
+class HookedSign(lq.quantizers.SteSign):
+    """A test quantizer with both hooks: output `scale * sign(w)`, scale = 0.5 + max |w| of
+    each output channel (deliberately not a mean, so no other rule can produce it)."""
 
-    def call(self, inputs):
-        return 3.0 * super().call(inputs)
+    precision = 1
+
+    def scale(self, latent):
+        return 0.5 + tf.reduce_max(tf.abs(latent), axis=list(range(latent.shape.rank - 1)))
 
     def binary_kernel(self, latent):
         return lq.quantizers.ste_sign(latent)
 
+    def call(self, inputs):
+        return self.scale(inputs) * lq.quantizers.ste_sign(inputs)
 
-def test_quantizer_binary_kernel_hook_strips_its_scale():
-    layer = lq.layers.QuantDense(4, kernel_quantizer=ScaledSign())
-    layer.build((None, 5))
-    latent = layer.kernel.latent_variable.numpy()
-    expected = np.abs(latent).mean() * 5  # alpha * fan-in, not 3 * alpha * fan-in
-    assert float(L1InfRegularizer(1.0, normalize=False).term(layer.kernel)) == pytest.approx(expected, rel=1e-6)
+
+def _larq_weight_quantizers():
+    """Every quantizer class larq exports (aliases once), so a new one is tested for free."""
+    classes = {getattr(lq.quantizers, n) for n in lq.quantizers.__all__}
+    return sorted((c for c in classes if isinstance(c, type)
+                   and issubclass(c, lq.quantizers._BaseQuantizer)), key=lambda c: c.__name__)
+
+
+LARQ_QUANTIZERS = _larq_weight_quantizers()
+QUANTIZER_ARGS = {lq.quantizers.NoOp: dict(precision=1)}
+
+
+class TestAlphaAndBinaryKernel:
+    """`binary_kernel` and `scaling_factor(..., "auto")` against loops, for every larq quantizer."""
+
+    @pytest.mark.parametrize("kind", ["conv2d", "depthwise"])
+    @pytest.mark.parametrize("cls", LARQ_QUANTIZERS, ids=lambda c: c.__name__)
+    def test_auto_alpha_is_the_scale_the_layer_computes_with(self, cls, kind):
+        layer, weight, depthwise = make_layer(kind, lambda: cls(**QUANTIZER_ARGS.get(cls, {})))
+        latent = weight.latent_variable.numpy().astype(np.float64)
+        computed = np.asarray(cls(**QUANTIZER_ARGS.get(cls, {}))(latent.astype(np.float32)), np.float64)
+        w_b = regularizers.binary_kernel(weight, depthwise).numpy()
+        alpha = np.broadcast_to(regularizers.scaling_factor(weight, "auto", depthwise).numpy(),
+                                (numpy_rows(latent, depthwise).shape[0],))
+        rows_q, rows_b = numpy_rows(computed, depthwise), numpy_rows(w_b, depthwise)
+        if cls is lq.quantizers.NoOp:  # larq's full-precision tag: the float kernel, alpha 1
+            np.testing.assert_allclose(w_b, latent, rtol=1e-6)
+            np.testing.assert_allclose(alpha, 1.0)
+        elif larq_l1inf.kernels.is_binary_quantizer(weight.quantizer):
+            assert set(np.unique(w_b)) <= {-1.0, 0.0, 1.0}  # 0 only for ste_heaviside's {0, 1}
+            magnitudes = [np.abs(row).max() for row in rows_q]
+            for i, row in enumerate(rows_q):  # the layer computes with magnitude_i * W_b row i
+                np.testing.assert_allclose(row, magnitudes[i] * rows_b[i], rtol=1e-5)
+            scaled = not np.allclose(magnitudes, 1.0)
+            expected = magnitudes if scaled else [np.abs(latent).mean()] * len(magnitudes)
+            np.testing.assert_allclose(alpha, expected, rtol=1e-5)
+        else:  # multi-bit / ternary: W_b is the quantizer's output, alpha eq. 1
+            np.testing.assert_allclose(w_b, computed, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(alpha, np.abs(latent).mean(), rtol=1e-5)
+
+    @pytest.mark.parametrize("kind", ["dense", "conv2d", "depthwise"])
+    def test_quantizer_hooks_give_w_b_and_alpha(self, kind):
+        layer, weight, depthwise = make_layer(kind, HookedSign)
+        latent = weight.latent_variable.numpy().astype(np.float64)
+        last = latent.shape[-1]
+        channel = [0.5 + np.abs(latent[..., k]).max() for k in range(last)]
+        rows = numpy_rows(latent, depthwise)
+        per_row = [channel[i % last] for i in range(rows.shape[0])]
+        got = regularizers.scaling_factor(weight, "auto", depthwise).numpy()
+        np.testing.assert_allclose(got, per_row, rtol=1e-6)
+        np.testing.assert_array_equal(regularizers.binary_kernel(weight, depthwise).numpy(),
+                                      np.where(latent >= 0, 1.0, -1.0))
+        expected = max(per_row[i] * rows.shape[1] for i in range(rows.shape[0]))  # ||diag(a) W_b||
+        reg = L1InfRegularizer(1.0, normalize=False)
+        assert float(reg.term(weight, depthwise)) == pytest.approx(expected, rel=1e-6)
+        # the explicit modes ignore the hook
+        assert float(L1InfRegularizer(1.0, alpha="layer", normalize=False).term(weight, depthwise)) \
+            == pytest.approx(np.abs(latent).mean() * rows.shape[1], rel=1e-6)
+
+    def test_hookless_scaled_quantizer_is_split_by_its_output(self):
+        """A 1-bit quantizer that multiplies sign by a scale but names neither part: the scale is
+        read off its output, so alpha is not counted twice (the bounds' toy models are such)."""
+
+        class Scaled(lq.quantizers.SteSign):
+            def call(self, w):
+                return tf.reduce_mean(tf.abs(w)) * super().call(w)
+
+        layer, weight, _ = make_layer("dense", Scaled)
+        latent = weight.latent_variable.numpy()
+        np.testing.assert_array_equal(regularizers.binary_kernel(weight).numpy(),
+                                      np.where(latent >= 0, 1.0, -1.0))
+        fan_in = latent.shape[0]
+        term = float(L1InfRegularizer(1.0, normalize=False).term(weight))
+        assert term == pytest.approx(np.abs(latent).mean() * fan_in, rel=1e-5)
+
+    def test_bad_scale_hook_shape_is_a_clear_error(self):
+        class Bad(HookedSign):
+            def scale(self, latent):
+                return tf.ones((7, 7))
+
+        layer, weight, _ = make_layer("conv2d", Bad)
+        with pytest.raises(ValueError, match="one value per output channel"):
+            regularizers.scaling_factor(weight, "auto")
+
+
+class TestStringNames:
+    @pytest.mark.parametrize("name", sorted(regularizers.PENALTIES))
+    def test_name_yields_an_instance_in_a_larq_layer(self, name, tmp_path):
+        cls = regularizers.PENALTIES[name]
+        layer = lq.layers.QuantConv2D(3, 3, input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+                                      kernel_constraint="weight_clip", kernel_regularizer=name)
+        model = tf.keras.Sequential([tf.keras.Input((6, 6, 2)), layer])
+        assert isinstance(layer.kernel_regularizer, cls)
+        default = cls()
+        assert layer.kernel_regularizer.get_config() == default.get_config()
+        (loss,) = model.losses
+        assert float(loss) == pytest.approx(default.delta * float(default.term(layer.kernel)), rel=1e-5)
+        path = str(tmp_path / f"{name}.h5")  # SavedModel: TestSerialization
+        model.save(path)
+        loaded = tf.keras.models.load_model(path)  # no custom_objects
+        assert isinstance(loaded.layers[0].kernel_regularizer, cls)
+        assert float(loaded.losses[0]) == pytest.approx(float(loss), rel=1e-6)
+
+    def test_keras_names_are_not_shadowed(self):
+        assert type(tf.keras.regularizers.get("l1")) is tf.keras.regularizers.L1
+        assert type(tf.keras.regularizers.get("l2")) is tf.keras.regularizers.L2
+        with pytest.raises(ValueError, match="Keras regularizer name"):
+            regularizers.register_penalty("l2")(type("L2Like", (L1InfRegularizer,), {}))
+
+    def test_get(self):
+        assert regularizers.get("absum") is not regularizers.get("absum")  # fresh instances
+        assert type(regularizers.get("L1InfRegularizer")) is L1InfRegularizer
+        reg = L1InfRegularizer(0.1)
+        assert regularizers.get(reg) is reg
+        assert regularizers.get(tf.keras.regularizers.serialize(reg)).delta == 0.1
+        with pytest.raises(ValueError, match="l1inf"):
+            regularizers.get("no_such_penalty")
+
+
+class TestWalker:
+    def test_nested_models_depthwise_and_each_layer_once(self):
+        shared = lq.layers.QuantConv2D(2, 1, kernel_quantizer="ste_sign", name="shared")
+        inner_in = tf.keras.Input((4, 4, 2))
+        inner = tf.keras.Model(inner_in, lq.layers.QuantDepthwiseConv2D(
+            3, padding="same", depthwise_quantizer="ste_sign", name="dw")(shared(inner_in)),
+            name="inner")
+        x = inputs = tf.keras.Input((4, 4, 2))
+        x = shared(x)  # the same layer outside and inside the nested model
+        x = inner(x)
+        x = lq.layers.QuantConv2D(2, 1, kernel_quantizer="ste_tern", name="ternary")(x)
+        x = lq.layers.QuantConv2D(2, 1, kernel_quantizer=lq.quantizers.NoOp(precision=1),
+                                  name="tagged")(x)
+        model = tf.keras.Model(inputs, tf.keras.layers.Conv2D(2, 1, name="float")(x))
+        found = [(k.layer.name, k.depthwise) for k in larq_l1inf.kernels.model_kernels(model)]
+        assert sorted(found) == sorted([("shared", False), ("dw", True), ("ternary", False),
+                                        ("tagged", False), ("float", False)])
+        binary = [(k.layer.name, k.depthwise) for k in larq_l1inf.kernels.binary_kernels(model)]
+        assert sorted(binary) == [("dw", True), ("shared", False)]  # precision 1, not NoOp
 
 
 class TestGradients:
@@ -275,11 +414,12 @@ class TestGradients:
     def test_product_gradient_is_product_times_log_gradient(self):
         model = small_model("product", delta=0.01)
         attach(model)
-        variables = [getattr(w, "latent_variable", w) for _, w, _ in larq_l1inf.regularizers.penalized_layers(model)]
+        entries = regularizers.penalized_layers(model)
+        variables = [getattr(k.weight, "latent_variable", k.weight) for k in entries]
         with tf.GradientTape(persistent=True) as tape:
             product = penalty(model)
-            logs = tf.add_n([tf.math.log(r.term(w, depthwise=w is getattr(l, "depthwise_kernel", None)))
-                             for l, w, r in larq_l1inf.regularizers.penalized_layers(model)])
+            logs = tf.add_n([tf.math.log(k.regularizer.term(k.weight, depthwise=k.depthwise))
+                             for k in entries])
         for g_p, g_l in zip(tape.gradient(product, variables), tape.gradient(logs, variables)):
             np.testing.assert_allclose(g_p.numpy(), float(product) * g_l.numpy(), rtol=1e-4, atol=1e-9)
 
@@ -332,7 +472,7 @@ class TestTraining:
 class TestSerialization:
     def test_defaults_are_the_measured_choice(self):
         reg = L1InfRegularizer()
-        assert (reg.delta, reg.reduction, reg.normalize, reg.alpha) == (5e-3, "sum", True, "layer")
+        assert (reg.delta, reg.reduction, reg.normalize, reg.alpha) == (5e-3, "sum", True, "auto")
 
     def test_get_config_round_trip(self):
         reg = L1InfRegularizer(0.05, reduction="sum", alpha="channel", normalize=True,
@@ -341,22 +481,13 @@ class TestSerialization:
         assert clone.get_config() == reg.get_config()
         assert tf.keras.regularizers.serialize(reg)["config"]["delta"] == 0.05
 
-    def test_string_alias(self):
-        reg = tf.keras.regularizers.get("l1inf")
-        assert isinstance(reg, L1InfRegularizer) and reg.delta == 5e-3
-        layer = lq.layers.QuantDense(3, kernel_quantizer="ste_sign", kernel_regularizer="l1inf")
-        assert isinstance(layer.kernel_regularizer, L1InfRegularizer)
-        layer.build((None, 4))
-        assert layer.kernel_regularizer.get_config() == L1InfRegularizer().get_config()
-        assert float(layer.losses[0]) == pytest.approx(5e-3 * float(layer.kernel_regularizer.term(layer.kernel)))
-
     @pytest.mark.parametrize("fmt", ["h5", "tf"])
     def test_save_load_without_custom_objects(self, tmp_path, fmt):
         model = small_model("log", delta=0.02)
         path = str(tmp_path / ("m.h5" if fmt == "h5" else "m"))
         model.save(path, save_format=fmt)
         loaded = tf.keras.models.load_model(path)
-        regs = [r for _, _, r in larq_l1inf.regularizers.penalized_layers(loaded)]
+        regs = [k.regularizer for k in regularizers.penalized_layers(loaded)]
         assert len(regs) == 4 and all(isinstance(r, L1InfRegularizer) and r.delta == 0.02 for r in regs)
         assert float(penalty(loaded)) == pytest.approx(float(penalty(model)), rel=1e-6)
 
