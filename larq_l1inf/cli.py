@@ -477,7 +477,7 @@ def register_evaluation(subparsers):
     )
     p.add_argument("model", metavar="MODEL", type=existing_path,
                    help="Keras model (SavedModel folder, .h5, .keras) or .tflite file")
-    p.add_argument("--flatbuffer", type=existing_path, default="",
+    p.add_argument("--flatbuffer", type=existing_path, default=None,
                    help=".tflite of the same model, evaluated beside")
     p.add_argument("--convert", action="store_true", help="convert the Keras model with LCE")
     p.add_argument("--epsilon", type=non_negative_float, nargs="+", default=[0.05, 0.1],
@@ -639,6 +639,7 @@ def build_parser():
         if "-v" not in sub._option_string_actions:
             # SUPPRESS: `larq-l1inf -v sweep ...` is not undone by the subcommand's default.
             _verbosity_arguments(sub, default=argparse.SUPPRESS)
+    parser.choices = subparsers.choices  # command name -> its parser
     return parser
 
 
@@ -655,7 +656,9 @@ def main(argv=None):
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # reported by the command's parser, so the message names the command
+            parser.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit:  # --help (0) or a usage error (2), already printed
         return exit.code if isinstance(exit.code, int) else 2
     logging.basicConfig(
