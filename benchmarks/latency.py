@@ -198,7 +198,8 @@ def main(argv=None):
             med[f"binary_indirect0_threads{t}"] / med[f"binary_indirect1_threads{t}"])
     if 1 in args.threads and 2 in args.threads:
         for key in ("binary_indirect0", "binary_indirect1", "float_xnnpack"):
-            ratios[f"{key}_threads1_over_threads2"] = med[f"{key}_threads1"] / med[f"{key}_threads2"]
+            ratios[f"{key}_threads1_over_threads2"] = (med[f"{key}_threads1"]
+                                                       / med[f"{key}_threads2"])
 
     instructions = None
     if args.count_runs and shutil.which("valgrind"):
@@ -212,9 +213,10 @@ def main(argv=None):
                 start = time.perf_counter()
                 instructions[key] = instructions_per_inference(paths[name], t, indirect, xnn,
                                                                args.count_runs, workdir)
+                millions = {thread: round(v / 1e6, 1)
+                            for thread, v in instructions[key]["per_thread"].items()}
                 print(f"callgrind {key}: {instructions[key]['total'] / 1e6:.1f} M instructions "
-                      f"per inference, per thread "
-                      f"{ {t: round(v / 1e6, 1) for t, v in instructions[key]['per_thread'].items()} } "
+                      f"per inference, per thread {millions} "
                       f"({time.perf_counter() - start:.0f} s)")
     elif args.count_runs:
         print("valgrind not found: no instruction counts (apt-get install -y valgrind)")

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from larq_l1inf._keras import tf
-from larq_l1inf.utils import renamed_arguments
+from larq_l1inf.utils import renamed_arguments, resolve_verbose
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +78,6 @@ def _clip(x, clip):
         return x
     lo, hi = clip
     return tf.clip_by_value(x, lo, hi)
-
-
-def _verbosity(verbose, n, batch_size):
-    """Keras's `verbose`: 0 silent, 1 progress bar, 2 one line at the end; "auto" shows a
-    bar for more than 10 batches."""
-    if verbose == "auto":
-        return 1 if n > 10 * batch_size else 0
-    if verbose not in (0, 1, 2):
-        raise ValueError(f'`verbose` must be 0, 1, 2 or "auto", got {verbose!r}.')
-    return int(verbose)
 
 
 def _progress_to_verbose(progress):
@@ -210,7 +200,7 @@ def pgd(model, x, y, epsilon, step_size=None, iterations=20, random_start=True, 
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-    verbose = _verbosity(verbose, len(x), batch_size)
+    verbose = resolve_verbose(verbose, auto=len(x) > 10 * batch_size)
     step = _make_step(model, _loss_fn(model, from_logits), step_size, epsilon, clip)
     rng = np.random.default_rng(seed)
     out = np.empty_like(x)

@@ -22,7 +22,7 @@ import numpy as np
 
 from larq_l1inf import noise as noise_lib
 from larq_l1inf._keras import tf
-from larq_l1inf.utils import renamed_arguments, write_json
+from larq_l1inf.utils import renamed_arguments, resolve_verbose, write_json
 
 log = logging.getLogger(__name__)
 
@@ -186,18 +186,9 @@ def _nan_to_none(values):
     return None if values is None else [None if np.isnan(v) else float(v) for v in values]
 
 
-def _resolve_verbose(verbose, n):
-    """Keras's `verbose` (0, 1, 2); `"auto"` is 1 for 1000+ samples, else 0."""
-    if verbose == "auto":
-        return 1 if n >= 1000 else 0
-    if verbose not in (0, 1, 2):
-        raise ValueError(f'`verbose` must be 0, 1, 2 or "auto", got {verbose!r}.')
-    return int(verbose)
-
-
 def _progbar(total, verbose, n):
     """A Keras progress bar over `total` steps, or None when silent."""
-    verbose = _resolve_verbose(verbose, n)
+    verbose = resolve_verbose(verbose, auto=n >= 1000)
     return tf.keras.utils.Progbar(total, verbose=verbose) if verbose else None
 
 
@@ -376,15 +367,16 @@ def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", epsilon=Non
 
         x_adv = pgd(keras_model, x, y, pgd_epsilon, step_size=pgd_step_size,
                     iterations=pgd_iterations, clip=pgd_clip, seed=seed,
-                    batch_size=batch_size, verbose=_resolve_verbose(verbose, len(x)))
+                    batch_size=batch_size, verbose=resolve_verbose(verbose, auto=len(x) >= 1000))
         for name, p in models.items():
             preds[name]["pgd"] = p.predict(x_adv)
 
     results = {}
     for name, pr in preds.items():
         noisy = [float(np.mean(p == y)) for p in pr["noisy"]]
+        # A class is NaN (no samples) in every draw or in none: a plain mean keeps it NaN.
         per_noisy = (
-            np.nanmean([_per_class(p, y, num_classes) for p in pr["noisy"]], axis=0).tolist()
+            np.mean([_per_class(p, y, num_classes) for p in pr["noisy"]], axis=0).tolist()
             if noisy else None
         )
         results[name] = {

@@ -1,4 +1,4 @@
-"""Shared helpers of the package: the one JSON writer and the renamed-argument shim.
+"""Shared helpers of the package: the one JSON writer, renamed arguments, `verbose`.
 
 Every result this project writes as JSON (the `larq-l1inf` commands, `EvaluationResult`,
 the benchmarks, the experiments) goes through `write_json`, so every file has the same
@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-__all__ = ["renamed_arguments", "to_json_value", "write_json"]
+__all__ = ["renamed_arguments", "resolve_verbose", "to_json_value", "write_json"]
 
 
 def to_json_value(value, where="data"):
@@ -118,3 +118,23 @@ def renamed_arguments(kwargs, renames, function, stacklevel=3):
         )
         values[renames[name]] = value
     return values
+
+
+def resolve_verbose(verbose, auto):
+    """Keras's `verbose` as an int: 0 silent, 1 progress bar, 2 one line per stage.
+
+    # Arguments
+    verbose: 0, 1, 2 or `"auto"`.
+    auto: whether `"auto"` shows progress (e.g. for large inputs).
+
+    # Returns
+    0, 1 or 2.
+
+    # Raises
+    ValueError: for any other value.
+    """
+    if verbose == "auto":
+        return int(bool(auto))
+    if verbose not in (0, 1, 2) or isinstance(verbose, float):
+        raise ValueError(f'`verbose` must be 0, 1, 2 or "auto", got {verbose!r}.')
+    return int(verbose)
