@@ -1,12 +1,6 @@
-"""Shared by the benchmark scripts (run as `python benchmarks/NAME.py`; this folder is on sys.path)."""
+"""Deprecated: benchmarks write JSON with `larq_l1inf.utils.write_json` (the one writer).
 
-import json
-import os
+Kept for one release so scripts that still run `from _common import write_json` work.
+"""
 
-
-def write_json(data, path):
-    """Write a benchmark's result as indented JSON, creating the folder, and say where."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
-    print(f"written to {path}")
+from larq_l1inf.utils import write_json  # noqa: F401

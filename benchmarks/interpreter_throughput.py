@@ -21,7 +21,7 @@ import numpy as np
 from larq_l1inf import deploy, evaluation
 from larq_l1inf._keras import tf
 from larq_l1inf.cli import build_demo_model
-from _common import write_json  # noqa: E402
+from larq_l1inf.utils import write_json
 
 
 def main():
@@ -90,6 +90,7 @@ def main():
     print(json.dumps({k: out[k] for k in ("keras_images_per_s", "tflite_images_per_s",
                                            "tflite_over_keras_throughput")}, indent=2))
     write_json(out, args.out)
+    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import larq_l1inf  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loa
 from larq_l1inf import L1InfRegularizer, penalty
 from larq_l1inf._keras import tf
 from larq_l1inf.backbones import resnet20
-from _common import write_json  # noqa: E402
+from larq_l1inf.utils import write_json
 
 TARGET = 1.03
 
@@ -169,6 +169,7 @@ def main(argv=None):
           f"({100 * result['penalty_alone_fraction_of_step']:.1f}% of a step without it)")
     if args.out:
         write_json(result, args.out)
+        print(f"written to {args.out}")
     return 0
 
 

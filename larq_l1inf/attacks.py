@@ -3,15 +3,19 @@
 Gradients are taken with respect to the input through the model as it trains, so larq's
 straight-through estimators (STE) carry them past `sign`-type quantizers. A BNN evaluated
 this way is not falsely "robust" because `sign` has zero derivative almost everywhere
-(gradient masking, paper 003 section 3.2).
+(gradient masking; Frickenstein et al., "Adversarial Robustness of Multi-bit Convolutional
+Neural Networks", IntelliSys 2023, section 3.2).
+
+Inputs are batches of images (N, H, W, C), of 1-D signals (N, T, C) or of vectors: the
+attacks never look at the layout.
 """
 
 import logging
-import math
 
 import numpy as np
 
 from larq_l1inf._keras import tf
+from larq_l1inf.utils import renamed_arguments, resolve_verbose
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +80,8 @@ def _clip(x, clip):
     return tf.clip_by_value(x, lo, hi)
 
 
-def _batches(n, batch_size, progress, desc):
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, total=math.ceil(n / batch_size), desc=desc, unit="batch")
-    return starts
+def _progress_to_verbose(progress):
+    return "auto" if progress is None else int(bool(progress))
 
 
 def input_gradient(model, x, y, from_logits=None):
@@ -91,8 +90,18 @@ def input_gradient(model, x, y, from_logits=None):
     Taken in inference mode (`training=False`, BatchNorm uses its moving statistics) and
     through larq's STE pseudo-gradients.
 
+    # Arguments
+    model: a Keras classifier (logits or softmax output, auto-detected).
+    x: float inputs (N, ...).
+    y: integer labels (N,) or one-hot (N, classes).
+    from_logits: whether the outputs are logits; None detects a final softmax.
+
     # Returns
     A NumPy array of the shape of `x`.
+
+    # Raises
+    TypeError: for a model that is not a Keras model, or non-float inputs.
+    ValueError: for mismatched `x` and `y`.
     """
     x, _ = _check_inputs(model, x, 0.0)
     y = _labels(y, len(x))
@@ -121,7 +130,7 @@ def _make_step(model, loss_fn, step_size, epsilon, clip):
 
 
 def pgd(model, x, y, epsilon, step_size=None, iterations=20, random_start=True, clip=None,
-        from_logits=None, seed=None, batch_size=128, progress=None):
+        from_logits=None, seed=None, batch_size=128, verbose="auto", **deprecated):
     r"""L-inf projected gradient descent (Madry et al.), batched, for any Keras model.
 
     $$x^{t+1} = \Pi_{\|x' - x\|_\infty \le \epsilon}\left(x^t + \alpha\,
@@ -129,28 +138,37 @@ def pgd(model, x, y, epsilon, step_size=None, iterations=20, random_start=True, 
     x^0 = x + U(-\epsilon, \epsilon)$$
 
     Gradients flow through larq's STE pseudo-gradients (inference mode), see the module
-    docstring. Paper 003's protocol: uniform random start, step `epsilon / 4`, 20 or 50
-    iterations.
+    docstring. The protocol of Frickenstein et al. (section 4.1): uniform random start,
+    step `epsilon / 4`, 20 or 50 iterations.
 
     !!! example
         ```python
-        x_adv = pgd(model, x_test, y_test, epsilon=1 / 255, iterations=20, seed=0)
+        import larq_l1inf  # before TensorFlow: selects Keras 2
+        import numpy as np
+        import tensorflow as tf
+        from larq_l1inf.attacks import pgd
+
+        model = tf.keras.Sequential([tf.keras.Input((8, 8, 1)), tf.keras.layers.Flatten(),
+                                     tf.keras.layers.Dense(10)])
+        x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
+        x_adv = pgd(model, x, np.arange(16) % 10, epsilon=4 / 255, iterations=20, seed=0)
         ```
 
     # Arguments
     model: a Keras classifier (logits or softmax output, auto-detected).
-    x: float inputs (N, ...).
+    x: float inputs: images (N, H, W, C), 1-D signals (N, T, C), or any (N, ...).
     y: integer labels (N,) or one-hot (N, classes).
     epsilon: L-inf radius.
     step_size: step `alpha`; default `epsilon / 4`.
-    iterations: number of steps (20 or 50 in paper 003).
+    iterations: number of steps (PGD-20 or PGD-50 in Frickenstein et al.).
     random_start: start from a uniform random point of the ball (True) or from `x`.
     clip: optional `(lo, hi)` valid input range to project onto as well (e.g. `(0, 1)`);
         None does not clip (as the environmental noise).
     from_logits: whether the outputs are logits; None detects a final softmax.
     seed: int seed of the random start.
     batch_size: samples per gradient computation.
-    progress: show a progress bar; None shows one for more than 10 batches.
+    verbose: 0 silent, 1 a Keras progress bar over batches, 2 one line at the end;
+        `"auto"` shows the bar for more than 10 batches. (`progress` is its deprecated name.)
 
     # Returns
     Adversarial inputs, a float32 NumPy array with `|x_adv - x| <= epsilon`.
@@ -162,8 +180,15 @@ def pgd(model, x, y, epsilon, step_size=None, iterations=20, random_start=True, 
     # References
     - [Towards Deep Learning Models Resistant to Adversarial Attacks](
       https://arxiv.org/abs/1706.06083) (Madry et al., 2018)
-    - papers/003, section 3.2 (STE gradients, no gradient obfuscation) and section 4.1.
+    - [Adversarial Robustness of Multi-bit Convolutional Neural Networks](
+      https://doi.org/10.1007/978-3-031-47715-7_12) (Frickenstein et al., IntelliSys 2023):
+      STE gradients without gradient obfuscation (section 3.2), the worst-case step
+      `epsilon / 4` (section 4.1).
     """
+    if "progress" in deprecated:
+        deprecated["progress"] = _progress_to_verbose(deprecated["progress"])
+    verbose = renamed_arguments(deprecated, {"progress": "verbose"}, "pgd").get("verbose",
+                                                                                verbose)
     x, epsilon = _check_inputs(model, x, epsilon)
     y = _labels(y, len(x))
     iterations = int(iterations)
@@ -175,13 +200,13 @@ def pgd(model, x, y, epsilon, step_size=None, iterations=20, random_start=True, 
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-    if progress is None:
-        progress = len(x) > 10 * batch_size
+    verbose = resolve_verbose(verbose, auto=len(x) > 10 * batch_size)
     step = _make_step(model, _loss_fn(model, from_logits), step_size, epsilon, clip)
     rng = np.random.default_rng(seed)
     out = np.empty_like(x)
     zero_gradient = 0
-    for start in _batches(len(x), batch_size, progress, f"PGD-{iterations}"):
+    bar = tf.keras.utils.Progbar(len(x), verbose=verbose, unit_name="sample") if verbose else None
+    for start in range(0, len(x), batch_size):
         x0 = x[start:start + batch_size]
         yb = tf.constant(y[start:start + batch_size])
         x_adv = x0
@@ -194,6 +219,8 @@ def pgd(model, x, y, epsilon, step_size=None, iterations=20, random_start=True, 
             if i == 0:
                 zero_gradient += int(zero)
         out[start:start + batch_size] = x_adv.numpy()
+        if bar is not None:
+            bar.add(len(x0))
     if iterations and zero_gradient > len(x) // 2:
         log.warning(
             "PGD: the input gradient was exactly zero for %d of %d samples, so the attack "
@@ -205,15 +232,25 @@ def pgd(model, x, y, epsilon, step_size=None, iterations=20, random_start=True, 
     return out
 
 
-def fgsm(model, x, y, epsilon, clip=None, from_logits=None, batch_size=128, progress=None):
-    r"""Fast gradient sign method: one step of size epsilon, $x + \epsilon\,\mathrm{sign}(\nabla_x \mathcal{L})$.
+def fgsm(model, x, y, epsilon, clip=None, from_logits=None, batch_size=128, verbose="auto",
+         **deprecated):
+    r"""Fast gradient sign method: one step of size epsilon.
+
+    $$x' = x + \epsilon\,\mathrm{sign}(\nabla_x \mathcal{L}(f(x), y))$$
 
     Same arguments and gradient path as `pgd` (it is `pgd` with one step of size epsilon
-    and no random start).
+    and no random start). `progress` is the deprecated name of `verbose`.
+
+    # Returns
+    Adversarial inputs, a float32 NumPy array with `|x_adv - x| <= epsilon`.
 
     # References
     - [Explaining and Harnessing Adversarial Examples](https://arxiv.org/abs/1412.6572)
       (Goodfellow et al., 2015)
     """
+    if "progress" in deprecated:
+        deprecated["progress"] = _progress_to_verbose(deprecated["progress"])
+    verbose = renamed_arguments(deprecated, {"progress": "verbose"}, "fgsm").get("verbose",
+                                                                                 verbose)
     return pgd(model, x, y, epsilon, step_size=epsilon, iterations=1, random_start=False,
-               clip=clip, from_logits=from_logits, batch_size=batch_size, progress=progress)
+               clip=clip, from_logits=from_logits, batch_size=batch_size, verbose=verbose)

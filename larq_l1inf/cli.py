@@ -1,14 +1,28 @@
 """The `larq-l1inf` command line.
 
-Every subcommand is one `register(subparsers)` function that adds its parser and sets
-`func` (called with the parsed arguments, returns an exit code). To add a command, write
-such a function (in its own module if it is large) and append it to `COMMANDS`.
-Commands import their heavy modules (LCE, scikit-learn, TFDS) inside `func`.
-
     larq-l1inf demo                  # ~2.5 min on 2 shared CPU cores, offline
     larq-l1inf demo --fast           # seconds; a smoke test of the whole pipeline
     larq-l1inf evaluate MODEL --convert --epsilon 0.03 0.06 --pgd-epsilon 0.0039
-    larq-l1inf sweep baseline=a.tflite l1inf=b.tflite --levels 0 0.05 0.1 --png sweep.png
+    larq-l1inf sweep baseline=a.tflite l1inf=b.tflite --epsilons 0 0.05 0.1 --out results
+
+Adding a command: write a `register_NAME(subparsers)` function that adds its parser with
+`subparsers.add_parser(...)` and sets `func` (called with the parsed arguments; returns the
+exit status), and append it to `COMMANDS`. Commands import their heavy modules (LCE,
+scikit-learn, TFDS) inside `func`; the command parses and calls the library, nothing more.
+
+Errors, the same for every command (`main` does it):
+- A bad value on the command line is one line on stderr, `larq-l1inf CMD: error: argument
+  --epochs: must be >= 1, got -1 (see 'larq-l1inf CMD --help')`, and exit status 2. Use
+  the argparse `type=` helpers of this module for it: `positive_int`, `non_negative_int`,
+  `positive_float`, `non_negative_float`, `probability`, `existing_path`, `model_spec`.
+- A check that needs more than one argument raises `CommandError("argument --epsilon:
+  needs LO <= HI, got 0.3 0.1")` inside `func`: the same one line, exit status 2.
+- Any other exception is one line naming its type, exit status 1; `-v` prints the
+  traceback as well.
+- `-v` / `--verbose` logs INFO and keeps TensorFlow's messages; `-q` / `--quiet` logs
+  errors only and hides progress bars. Both are accepted before or after the command name.
+- An option renamed in this release keeps working for one release through
+  `action=deprecated_option("--new-name")` (a `DeprecationWarning` and a logged warning).
 """
 
 import argparse
@@ -21,7 +35,24 @@ import time
 
 import numpy as np
 
-__all__ = ["main", "build_parser", "register_demo", "build_demo_model", "COMMANDS"]
+__all__ = [
+    "COMMANDS",
+    "CommandError",
+    "build_demo_model",
+    "build_parser",
+    "deprecated_option",
+    "existing_path",
+    "load_model",
+    "main",
+    "model_spec",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "probability",
+    "register_demo",
+    "register_evaluation",
+]
 
 log = logging.getLogger(__name__)
 
@@ -309,41 +340,351 @@ def register_demo(subparsers):
     return parser
 
 
-# --------------------------------------------------------------------------- entry point
+# --------------------------------------------------------------------------- evaluate, sweep
+
+
+def load_model(path):
+    """A Keras model (SavedModel folder, `.h5`, `.keras`) or a `.tflite` flatbuffer (bytes).
+
+    # Raises
+    CommandError: for a path that does not exist.
+    """
+    if not os.path.exists(path):
+        raise CommandError(f"no such file or folder: {path!r}; give a saved Keras model "
+                           "(SavedModel folder, .h5, .keras) or a .tflite flatbuffer")
+    if path.endswith(".tflite"):
+        from larq_l1inf.deploy import load_flatbuffer
+
+        return load_flatbuffer(path)
+    from larq_l1inf._keras import tf
+
+    return tf.keras.models.load_model(path, compile=False)
+
+
+def load_data(args):
+    """The `--dataset` split (NumPy), cut to `--limit` samples."""
+    from larq_l1inf import data
+
+    if args.dataset == "digits":
+        _, (x, y) = data.load_digits(size=args.size, channels=args.channels, seed=args.seed)
+    else:
+        x, y = data.load_tfds(args.dataset, split=args.split, data_dir=args.data_dir,
+                              as_numpy=True)
+    if args.limit:
+        x, y = x[:args.limit], y[:args.limit]
+    return x, y
+
+
+def output_path(args, filename):
+    """`--out DIR/filename`, or None with `--out ''`."""
+    return os.path.join(args.out, filename) if args.out else None
+
+
+def run_evaluate(args):
+    """The `evaluate` command: clean, noisy and PGD accuracy of a model (and its flatbuffer)."""
+    from larq_l1inf.evaluation import evaluate
+    from larq_l1inf.utils import write_json
+
+    if len(args.epsilon) > 2:
+        raise CommandError(f"argument --epsilon: give one value or LO HI, got "
+                           f"{len(args.epsilon)} values")
+    epsilon = tuple(args.epsilon) if len(args.epsilon) == 2 else args.epsilon[0]
+    if isinstance(epsilon, tuple) and epsilon[0] > epsilon[1]:
+        raise CommandError(f"argument --epsilon: needs LO <= HI, got {epsilon[0]} {epsilon[1]}")
+    out = output_path(args, "evaluate.json")
+    if args.out.endswith(".json"):
+        _deprecated_option("--out FILE.json", "--out DIR (writes DIR/evaluate.json)")
+        out = args.out
+    model = load_model(args.model)
+    flatbuffer = load_model(args.flatbuffer) if args.flatbuffer else (True if args.convert
+                                                                        else None)
+    x, y = load_data(args)
+    result = evaluate(model, x, y, flatbuffer=flatbuffer, noise=args.noise, epsilon=epsilon,
+                      draws=args.draws, pgd_epsilon=args.pgd_epsilon,
+                      pgd_step_size=args.pgd_step_size, pgd_iterations=args.pgd_iterations,
+                      seed=args.seed, batch_size=args.batch_size, num_threads=args.threads,
+                      verbose=0 if args.quiet else 1)
+    print(result.summary())
+    if out:
+        write_json({"command": "evaluate", "args": _plain_args(args), **result.to_dict()}, out)
+        print(f"written to {out}")
+    return 0
+
+
+def run_sweep(args):
+    """The `sweep` command: accuracy against noise strength of several models."""
+    from larq_l1inf.evaluation import sweep
+    from larq_l1inf.utils import write_json
+
+    models = {}
+    for name, path in args.model:
+        if name in models:
+            raise CommandError(f"argument MODEL: the name {name!r} is given twice; name the "
+                               "models NAME=PATH")
+        models[name] = load_model(path)
+    if args.noise == "environmental" and args.lo_fraction is not None:
+        epsilons = [(args.lo_fraction * e, e) for e in args.epsilons]
+    else:
+        epsilons = list(args.epsilons)
+    csv_path = args.csv or output_path(args, "sweep.csv")
+    png_path = args.png or output_path(args, "sweep.png")
+    x, y = load_data(args)
+    rows = sweep(models, x, y, epsilons, noise=args.noise, draws=args.draws, seed=args.seed,
+                 batch_size=args.batch_size, num_threads=args.threads, csv_path=csv_path,
+                 png_path=png_path, title=args.title, verbose=0 if args.quiet else 1)
+    for r in rows:
+        print(f"{r['model']:<16} [{r['epsilon_lo']:.4g}, {r['epsilon_hi']:.4g}]  "
+              f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f}%")
+    out = output_path(args, "sweep.json")
+    if out:
+        write_json({"command": "sweep", "args": _plain_args(args), "rows": rows}, out)
+    for path in (csv_path, png_path, out):
+        if path:
+            print(f"written to {path}")
+    return 0
+
+
+def _plain_args(args):
+    return {k: v for k, v in vars(args).items() if k != "func"}
+
+
+def _data_arguments(parser):
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default="digits",
+                       help="'digits' (scikit-learn, offline) or a TFDS name prepared on disk")
+    group.add_argument("--split", default="test", help="TFDS split")
+    group.add_argument("--data-dir", default=None, help="TFDS data directory")
+    group.add_argument("--size", type=positive_int, default=32, help="digits image size")
+    group.add_argument("--channels", type=positive_int, default=3, help="digits channels")
+    group.add_argument("--limit", type=non_negative_int, default=0,
+                       help="evaluate the first N samples only (0: all)")
+    group = parser.add_argument_group("noise and models")
+    group.add_argument("--noise", default="environmental",
+                       choices=["environmental", "gaussian", "uniform", "impulse"])
+    group.add_argument("--draws", type=positive_int, default=5, help="noise draws")
+    group.add_argument("--seed", type=int, default=0, help="noise / attack seed")
+    group.add_argument("--batch-size", type=positive_int, default=128, help="Keras batch size")
+    group.add_argument("--threads", type=positive_int, default=1, help="LCE interpreter threads")
+
 
 def register_evaluation(subparsers):
-    """`evaluate` and `sweep` (larq_l1inf.evaluation)."""
-    from larq_l1inf.evaluation import register
+    """Add the `evaluate` and `sweep` commands (`larq_l1inf.evaluation`)."""
+    p = subparsers.add_parser(
+        "evaluate", help="clean / noisy / PGD accuracy of a Keras model and its flatbuffer",
+        description="Clean, noisy (mean +- std over --draws) and PGD accuracy of a Keras "
+                    "model and, beside it, of its LCE flatbuffer on identical inputs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", type=existing_path,
+                   help="Keras model (SavedModel folder, .h5, .keras) or .tflite file")
+    p.add_argument("--flatbuffer", type=existing_path, default=None,
+                   help=".tflite of the same model, evaluated beside")
+    p.add_argument("--convert", action="store_true", help="convert the Keras model with LCE")
+    p.add_argument("--epsilon", type=non_negative_float, nargs="+", default=[0.05, 0.1],
+                   metavar=("LO", "HI"),
+                   help="noise strength: one value, or LO HI (Algorithm 1: eps ~ U[LO, HI])")
+    p.add_argument("--pgd-epsilon", type=non_negative_float, default=None,
+                   help="L-inf PGD radius (default: no PGD)")
+    p.add_argument("--pgd-step-size", type=positive_float, default=None,
+                   help="PGD step (default: PGD epsilon / 4)")
+    p.add_argument("--pgd-iterations", type=non_negative_int, default=20, help="PGD steps")
+    p.add_argument("--out", default="results", metavar="DIR",
+                   help="write DIR/evaluate.json ('' for none)")
+    _data_arguments(p)
+    p.set_defaults(func=run_evaluate)
 
-    return register(subparsers)
+    s = subparsers.add_parser(
+        "sweep", help="accuracy vs noise strength of several models: CSV, PNG and JSON",
+        description="Accuracy against noise strength of several models on identical noisy "
+                    "inputs; writes DIR/sweep.csv, DIR/sweep.png and DIR/sweep.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("model", metavar="MODEL", nargs="+", type=model_spec,
+                   help="NAME=PATH (Keras model or .tflite), one per curve")
+    s.add_argument("--epsilons", type=non_negative_float, nargs="+", metavar="E",
+                   default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.4],
+                   help="noise strengths (for environmental noise: upper ends of the ranges)")
+    s.add_argument("--levels", type=non_negative_float, nargs="+", dest="epsilons",
+                   action=deprecated_option("--epsilons"), help=argparse.SUPPRESS)
+    s.add_argument("--lo-fraction", type=probability, default=0.5,
+                   help="environmental noise: epsilon E means eps ~ U[f*E, E]")
+    s.add_argument("--out", default="results", metavar="DIR", help="output folder ('' for none)")
+    s.add_argument("--csv", default="", action=deprecated_option("--out DIR"),
+                   help=argparse.SUPPRESS)
+    s.add_argument("--png", default="", action=deprecated_option("--out DIR"),
+                   help=argparse.SUPPRESS)
+    s.add_argument("--title", default=None, help="plot title")
+    _data_arguments(s)
+    s.set_defaults(func=run_sweep)
+    return p, s
 
+
+# --------------------------------------------------------------------------- errors, types
+
+
+class CommandError(Exception):
+    """A mistake on the command line that the user can fix.
+
+    `main` prints it as one line, `larq-l1inf COMMAND: error: MESSAGE`, and returns exit
+    status 2 (argparse's status for usage errors); the traceback only with `-v`. Name the
+    argument and say what to do: `CommandError("argument --epochs: must be >= 1, got -1")`.
+    """
+
+
+def _number(kind, minimum=None, exclusive=False, maximum=None, what=""):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {what or ('an integer' if kind is int else 'a number')}, "
+                f"got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if minimum is not None and (value <= minimum if exclusive else value < minimum):
+            raise argparse.ArgumentTypeError(
+                f"must be {'>' if exclusive else '>='} {minimum}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {text}")
+        return value
+
+    parse.__name__ = what or kind.__name__
+    return parse
+
+
+#: argparse `type=` helpers: a bad value becomes one line naming the argument, exit status 2.
+positive_int = _number(int, 1, what="a positive integer")
+non_negative_int = _number(int, 0, what="an integer >= 0")
+positive_float = _number(float, 0, exclusive=True, what="a positive number")
+non_negative_float = _number(float, 0, what="a number >= 0")
+probability = _number(float, 0, maximum=1, what="a number in [0, 1]")
+
+
+def existing_path(text):
+    """argparse `type=`: a file or folder that exists."""
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text!r}; check the path")
+    return text
+
+
+def model_spec(text):
+    """argparse `type=`: `NAME=PATH` or `PATH` of an existing model -> `(name, path)`; the
+    name defaults to the file name without its extension."""
+    name, _, path = text.rpartition("=")
+    existing_path(path)
+    return name or os.path.splitext(os.path.basename(path.rstrip("/")))[0], path
+
+
+def _deprecated_option(old, new):
+    import warnings
+
+    message = f"{old} is deprecated and will be removed in the next release; use {new}"
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
+    log.warning(message)
+
+
+def deprecated_option(new):
+    """argparse `action=` for an option renamed in this release: stores the value as the
+    new option does, with a `DeprecationWarning` and a logged warning naming `new`."""
+
+    class DeprecatedOption(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            _deprecated_option(option_string, new)
+            setattr(namespace, self.dest, values)
+
+    return DeprecatedOption
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line: `PROG: error: MESSAGE (see
+    'PROG --help')` on stderr, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# --------------------------------------------------------------------------- entry point
 
 #: `register(subparsers)` functions, one per subcommand (or group of subcommands).
 COMMANDS = [register_demo, register_evaluation]
 
 
+def _verbosity_arguments(parser, default):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="log INFO messages and TensorFlow's; print tracebacks of errors")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="log errors only; no progress bars")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    """The `larq-l1inf` parser with every command of `COMMANDS`.
+
+    Every subcommand also accepts `-v` / `-q` after its name (`larq-l1inf sweep ... -v`).
+
+    # Returns
+    An `ArgumentParser` whose usage errors are one line.
+    """
+    parser = ArgumentParser(
         prog="larq-l1inf",
         description="L1,inf-norm penalty for robust binarized neural networks (Larq).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _verbosity_arguments(parser, default=False)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                       parser_class=ArgumentParser)
     subparsers.required = True
     for register in COMMANDS:
         register(subparsers)
+    for sub in subparsers.choices.values():
+        if "-v" not in sub._option_string_actions:
+            # SUPPRESS: `larq-l1inf -v sweep ...` is not undone by the subcommand's default.
+            _verbosity_arguments(sub, default=argparse.SUPPRESS)
+    parser.choices = subparsers.choices  # command name -> its parser
     return parser
 
 
 def main(argv=None):
-    """Run the command line; returns the exit code."""
+    """Run the command line.
+
+    # Arguments
+    argv: the arguments (default `sys.argv[1:]`).
+
+    # Returns
+    The exit status: 0 on success, 2 for a command-line error (`CommandError`, a bad
+    argument), 1 for another failure (one line; the traceback with `-v`), 130 when
+    interrupted.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # reported by the command's parser, so the message names the command
+            parser.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exit:  # --help (0) or a usage error (2), already printed
+        return exit.code if isinstance(exit.code, int) else 2
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not args.verbose:
         _quiet_tensorflow()
-    return args.func(args)
+    prog = f"{parser.prog} {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - every failure becomes one line (-v: traceback)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        usage = isinstance(error, CommandError)
+        message = " ".join(str(error).split()) or type(error).__name__
+        if not usage:
+            message = f"{type(error).__name__}: {message}"
+        hint = f"see '{prog} --help'" if usage else "run with -v for the traceback"
+        print(f"{prog}: error: {message} ({hint})", file=sys.stderr)
+        return 2 if usage else 1
 
 
 def _quiet_tensorflow():

@@ -4,26 +4,38 @@
   accuracy, each per class, for a Keras model and/or its flatbuffer. Every model sees
   identical noisy (and adversarial) inputs, and the result counts how many predictions
   differ between the Keras model and the flatbuffer.
-- `sweep`: accuracy against noise level for several models on identical inputs, written
-  as CSV and as a matplotlib plot.
-- `register(subparsers)`: the `evaluate` and `sweep` commands of the `larq-l1inf` CLI.
+- `sweep`: accuracy against noise strength for several models on identical inputs,
+  written as CSV (`write_csv`, `read_csv`) and as a matplotlib plot (`plot_sweep`).
+- `noisy_inputs`: one reproducible noise draw over a whole array.
+
+The `larq-l1inf evaluate` and `sweep` commands (`larq_l1inf.cli`) parse their arguments
+and call these functions.
 """
 
 import csv
 import dataclasses
-import json
 import logging
-import math
 import os
+import warnings
 
 import numpy as np
 
 from larq_l1inf import noise as noise_lib
 from larq_l1inf._keras import tf
+from larq_l1inf.utils import renamed_arguments, resolve_verbose, write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluationResult", "evaluate", "noisy_inputs", "plot_sweep", "register", "sweep"]
+__all__ = [
+    "EvaluationResult",
+    "SWEEP_FIELDS",
+    "evaluate",
+    "noisy_inputs",
+    "plot_sweep",
+    "read_csv",
+    "sweep",
+    "write_csv",
+]
 
 # Noise is generated in chunks of this many samples, independent of the model batch size,
 # so the noisy inputs depend only on (seed, draw) and not on how the models are batched.
@@ -33,16 +45,28 @@ NOISE_CHUNK = 2048
 # --------------------------------------------------------------------------- helpers
 
 
-def noisy_inputs(x, noise="environmental", level=None, seed=0, draw=0, noise_kwargs=None):
+def noisy_inputs(x, noise="environmental", epsilon=None, seed=0, draw=0, noise_kwargs=None,
+                 **deprecated):
     """One reproducible noise draw over a whole array, as NumPy.
 
     Chunk c of draw d uses the stateless seed `fold_in((seed, d), c)`; the result depends
     only on `(seed, draw)`, never on a model's batch size.
 
+    !!! example
+        ```python
+        import larq_l1inf  # before TensorFlow: selects Keras 2
+        import numpy as np
+        from larq_l1inf.evaluation import noisy_inputs
+
+        x = np.random.default_rng(0).random((100, 8, 8, 3)).astype("float32")
+        x_noisy = noisy_inputs(x, "environmental", epsilon=(0.05, 0.1), seed=0, draw=0)
+        ```
+
     # Arguments
     x: float array (N, H, W, C) or (N, T, C).
     noise: a noise name or callable (see `larq_l1inf.noise.get`).
-    level: the noise level (epsilon, `(lo, hi)`, sigma, amount).
+    epsilon: the noise strength (Algorithm 1's epsilon or `(lo, hi)`, sigma, amount).
+        (`level` is its deprecated name.)
     seed: int base seed.
     draw: index of the draw.
     noise_kwargs: further keyword arguments of the noise function.
@@ -50,13 +74,15 @@ def noisy_inputs(x, noise="environmental", level=None, seed=0, draw=0, noise_kwa
     # Returns
     A float32 array of the shape of `x`.
     """
+    epsilon = renamed_arguments(deprecated, {"level": "epsilon"}, "noisy_inputs").get(
+        "epsilon", epsilon)
     fn = noise_lib.get(noise)
     x = np.asarray(x)
     base = tf.constant([int(seed), int(draw)], dtype=tf.int64)
     out = []
     for c, start in enumerate(range(0, len(x), NOISE_CHUNK)):
         s = tf.random.experimental.stateless_fold_in(base, c)
-        out.append(np.asarray(fn(x[start:start + NOISE_CHUNK], level, seed=s,
+        out.append(np.asarray(fn(x[start:start + NOISE_CHUNK], epsilon, seed=s,
                                  **(noise_kwargs or {}))))
     if not out:
         return x.astype(np.float32)
@@ -148,6 +174,7 @@ def _models_dict(models):
 
 
 def _per_class(pred, y, num_classes):
+    """Accuracy per class; NaN for a class without samples (None in the result)."""
     acc = []
     for c in range(num_classes):
         mask = y == c
@@ -155,20 +182,30 @@ def _per_class(pred, y, num_classes):
     return acc
 
 
-def _progress(iterable, total, desc, enabled):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc)
+def _nan_to_none(values):
+    return None if values is None else [None if np.isnan(v) else float(v) for v in values]
 
 
-def _level_bounds(level):
-    """(lo, hi) of a level given as a float or a pair."""
-    if isinstance(level, (list, tuple)):
-        lo, hi = level
+def _progbar(total, verbose, n):
+    """A Keras progress bar over `total` steps, or None when silent."""
+    verbose = resolve_verbose(verbose, auto=n >= 1000)
+    return tf.keras.utils.Progbar(total, verbose=verbose) if verbose else None
+
+
+def _deprecated(kwargs, renames, function):
+    """`renamed_arguments`, with `progress` (a bool or None) turned into `verbose`."""
+    if "progress" in kwargs:
+        progress = kwargs["progress"]
+        kwargs["progress"] = "auto" if progress is None else int(bool(progress))
+    return renamed_arguments(kwargs, renames, function, stacklevel=4)
+
+
+def _epsilon_bounds(epsilon):
+    """(lo, hi) of a noise strength given as a number or a pair."""
+    if isinstance(epsilon, (list, tuple)):
+        lo, hi = epsilon
         return float(lo), float(hi)
-    return float(level), float(level)
+    return float(epsilon), float(epsilon)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -184,7 +221,7 @@ class EvaluationResult:
     config: the noise / attack settings.
     models: per model name (`"keras"`, `"tflite"`): `clean`, `noisy` (one accuracy per
         draw), `noisy_mean`, `noisy_std`, `pgd` (or None) and `per_class` (dict of lists:
-        `clean`, `noisy` (mean over draws), `pgd`).
+        `clean`, `noisy` (mean over draws), `pgd`; None for a class without samples).
     disagreement: when a Keras model and a flatbuffer were both evaluated, the number of
         samples whose predicted class differs: `clean`, `noisy` (per draw), `pgd`.
     """
@@ -196,15 +233,21 @@ class EvaluationResult:
     disagreement: dict = None
 
     def to_dict(self):
+        """The result as plain Python values (write it with `larq_l1inf.utils.write_json`)."""
         return dataclasses.asdict(self)
 
     def to_json(self, path=None):
-        text = json.dumps(self.to_dict(), indent=2)
+        """Deprecated: use `larq_l1inf.utils.write_json(result.to_dict(), path)`."""
+        warnings.warn("EvaluationResult.to_json is deprecated and will be removed in the next "
+                      "release; use larq_l1inf.utils.write_json(result.to_dict(), path).",
+                      DeprecationWarning, stacklevel=2)
+        import json
+
+        from larq_l1inf.utils import to_json_value
+
         if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path, "w") as f:
-                f.write(text)
-        return text
+            write_json(self.to_dict(), path)
+        return json.dumps(to_json_value(self.to_dict()), indent=2)
 
     def summary(self):
         """A plain-text table."""
@@ -223,19 +266,29 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
-def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", level=None, draws=5,
-             noise_kwargs=None, pgd_epsilon=None, pgd_iterations=20, pgd_step=None,
-             pgd_clip=None, seed=0, batch_size=128, num_threads=1, progress=None):
+def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", epsilon=None, draws=5,
+             noise_kwargs=None, pgd_epsilon=None, pgd_step_size=None, pgd_iterations=20,
+             pgd_clip=None, seed=0, batch_size=128, num_threads=1, verbose="auto",
+             **deprecated):
     """Evaluate a Keras model and/or its LCE flatbuffer: clean, under noise and under PGD.
 
-    Noise draw k is `noisy_inputs(x, noise, level, seed, draw=k)`: every model sees the
+    Noise draw k is `noisy_inputs(x, noise, epsilon, seed, draw=k)`: every model sees the
     same noisy inputs. PGD examples are computed on the Keras model (gradients through the
     STE) and fed to every model, the flatbuffer included (it has no gradients).
 
     !!! example
         ```python
-        result = evaluate(model, x_test, y_test, flatbuffer=deploy.convert(model),
-                          level=(0.05, 0.1), draws=5, pgd_epsilon=1 / 255)
+        import larq_l1inf  # before TensorFlow: selects Keras 2
+        import numpy as np
+        import tensorflow as tf
+        from larq_l1inf.evaluation import evaluate
+
+        model = tf.keras.Sequential([tf.keras.Input((8, 8, 1)), tf.keras.layers.Flatten(),
+                                     tf.keras.layers.Dense(10)])
+        x = np.random.default_rng(0).random((64, 8, 8, 1)).astype("float32")
+        y = np.arange(64) % 10
+        result = evaluate(model, x, y, flatbuffer=True, epsilon=(0.05, 0.1), draws=5,
+                          pgd_epsilon=4 / 255)
         print(result.summary())
         ```
 
@@ -245,16 +298,21 @@ def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", level=None,
     y: integer labels (N,) or one-hot.
     flatbuffer: the flatbuffer of `model` to evaluate beside it (bytes, `TFLiteModel`,
         path), or `True` to convert `model` with `larq_l1inf.deploy.convert`.
-    noise: noise name or callable (`larq_l1inf.noise.get`); `level` its level. With
-        `level=None` the noisy evaluation is skipped.
+    noise: noise name or callable (`larq_l1inf.noise.get`).
+    epsilon: its strength (Algorithm 1's epsilon or `(lo, hi)`, sigma, amount); None
+        skips the noisy evaluation.
     draws: number of noise draws k (>= 1).
     noise_kwargs: further arguments of the noise (e.g. `points`, `prob`).
     pgd_epsilon: L-inf radius of PGD; None skips PGD. Needs a Keras model.
-    pgd_iterations, pgd_step, pgd_clip: see `larq_l1inf.attacks.pgd`.
+    pgd_step_size, pgd_iterations, pgd_clip: `step_size`, `iterations` and `clip` of
+        `larq_l1inf.attacks.pgd` (step `pgd_epsilon / 4` by default).
     seed: base seed of the noise and of PGD's random start.
     batch_size: Keras batch size.
     num_threads: LCE interpreter threads.
-    progress: progress bars; None shows them for 1000+ samples.
+    verbose: 0 silent, 1 Keras progress bars, 2 one line per stage; `"auto"` shows bars
+        for 1000+ samples.
+    **deprecated: the names of version 0.1.0, `level` (now `epsilon`), `pgd_step` (now
+        `pgd_step_size`) and `progress` (now `verbose`), with a `DeprecationWarning`.
 
     # Returns
     An `EvaluationResult`.
@@ -263,6 +321,11 @@ def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", level=None,
     ValueError: mismatched `x`/`y`, data of the wrong shape for a model, `draws < 1`, PGD
         without a Keras model. TypeError: an unsupported model type or integer inputs.
     """
+    renamed = _deprecated(deprecated, {"level": "epsilon", "pgd_step": "pgd_step_size",
+                                       "progress": "verbose"}, "evaluate")
+    epsilon = renamed.get("epsilon", epsilon)
+    pgd_step_size = renamed.get("pgd_step_size", pgd_step_size)
+    verbose = renamed.get("verbose", verbose)
     x, y = _check_data(x, y)
     draws = int(draws)
     if draws < 1:
@@ -287,32 +350,33 @@ def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", level=None,
             "PGD needs gradients, so it needs the Keras model: pass the Keras model as "
             "`model` and its flatbuffer as `flatbuffer=`."
         )
-    if progress is None:
-        progress = len(x) >= 1000
-
     preds = {name: {"noisy": []} for name in models}
     for name, p in models.items():
         preds[name]["clean"] = p.predict(x)
     num_classes = int(max(y.max() + 1, *(int(preds[n]["clean"].max()) + 1 for n in models)))
-    if level is not None:
-        for k in _progress(range(draws), draws, "noise draws", progress):
-            x_noisy = noisy_inputs(x, noise, level, seed, k, noise_kwargs)
+    if epsilon is not None:
+        bar = _progbar(draws, verbose, len(x))
+        for k in range(draws):
+            x_noisy = noisy_inputs(x, noise, epsilon, seed, k, noise_kwargs)
             for name, p in models.items():
                 preds[name]["noisy"].append(p.predict(x_noisy))
+            if bar is not None:
+                bar.add(1)
     if pgd_epsilon is not None:
         from larq_l1inf.attacks import pgd
 
-        x_adv = pgd(keras_model, x, y, pgd_epsilon, step_size=pgd_step,
+        x_adv = pgd(keras_model, x, y, pgd_epsilon, step_size=pgd_step_size,
                     iterations=pgd_iterations, clip=pgd_clip, seed=seed,
-                    batch_size=batch_size, progress=progress)
+                    batch_size=batch_size, verbose=resolve_verbose(verbose, auto=len(x) >= 1000))
         for name, p in models.items():
             preds[name]["pgd"] = p.predict(x_adv)
 
     results = {}
     for name, pr in preds.items():
         noisy = [float(np.mean(p == y)) for p in pr["noisy"]]
+        # A class is NaN (no samples) in every draw or in none: a plain mean keeps it NaN.
         per_noisy = (
-            np.nanmean([_per_class(p, y, num_classes) for p in pr["noisy"]], axis=0).tolist()
+            np.mean([_per_class(p, y, num_classes) for p in pr["noisy"]], axis=0).tolist()
             if noisy else None
         )
         results[name] = {
@@ -322,9 +386,10 @@ def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", level=None,
             "noisy_std": float(np.std(noisy)) if noisy else None,
             "pgd": float(np.mean(pr["pgd"] == y)) if "pgd" in pr else None,
             "per_class": {
-                "clean": _per_class(pr["clean"], y, num_classes),
-                "noisy": per_noisy,
-                "pgd": _per_class(pr["pgd"], y, num_classes) if "pgd" in pr else None,
+                "clean": _nan_to_none(_per_class(pr["clean"], y, num_classes)),
+                "noisy": _nan_to_none(per_noisy),
+                "pgd": _nan_to_none(_per_class(pr["pgd"], y, num_classes))
+                if "pgd" in pr else None,
             },
         }
     disagreement = None
@@ -337,13 +402,13 @@ def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", level=None,
         }
     config = {
         "noise": noise if isinstance(noise, str) else getattr(noise, "__name__", str(noise)),
-        "level": list(level) if isinstance(level, (list, tuple)) else level,
-        "draws": draws if level is not None else 0,
+        "epsilon": list(epsilon) if isinstance(epsilon, (list, tuple)) else epsilon,
+        "draws": draws if epsilon is not None else 0,
         "noise_kwargs": dict(noise_kwargs or {}),
         "pgd_epsilon": pgd_epsilon,
-        "pgd_iterations": pgd_iterations if pgd_epsilon is not None else None,
-        "pgd_step": (pgd_step if pgd_step is not None else pgd_epsilon / 4)
+        "pgd_step_size": (pgd_step_size if pgd_step_size is not None else pgd_epsilon / 4)
         if pgd_epsilon is not None else None,
+        "pgd_iterations": pgd_iterations if pgd_epsilon is not None else None,
         "seed": seed,
     }
     return EvaluationResult(len(x), num_classes, config, results, disagreement)
@@ -352,74 +417,97 @@ def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", level=None,
 # --------------------------------------------------------------------------- sweep
 
 
-SWEEP_FIELDS = ["model", "noise", "level_lo", "level_hi", "accuracy_mean", "accuracy_std",
+#: Columns of the sweep rows and CSV files.
+SWEEP_FIELDS = ["model", "noise", "epsilon_lo", "epsilon_hi", "accuracy_mean", "accuracy_std",
                 "draws", "n"]
+# Column names of version 0.1.0's CSV files, read by `read_csv`.
+_OLD_FIELDS = {"level_lo": "epsilon_lo", "level_hi": "epsilon_hi"}
 
 
-def sweep(models, x, y, levels, noise="environmental", draws=3, seed=0, noise_kwargs=None,
-          batch_size=128, num_threads=1, csv_path=None, png_path=None, title=None,
-          progress=None):
-    """Accuracy against noise level for several models on identical noisy inputs.
+def sweep(models, x, y, epsilons=None, noise="environmental", draws=3, seed=0,
+          noise_kwargs=None, batch_size=128, num_threads=1, csv_path=None, png_path=None,
+          title=None, verbose="auto", **deprecated):
+    """Accuracy against noise strength for several models on identical noisy inputs.
 
-    For every level and draw the noisy inputs are generated once (`noisy_inputs`) and fed
+    For every epsilon and draw the noisy inputs are generated once (`noisy_inputs`) and fed
     to every model, so the curves differ only by the models.
 
     !!! example
         ```python
-        rows = sweep({"baseline": base, "l1inf": robust}, x_test, y_test,
-                     levels=[0.0, (0.05, 0.1), (0.1, 0.2)], csv_path="sweep.csv",
-                     png_path="sweep.png")
+        import larq_l1inf  # before TensorFlow: selects Keras 2
+        import numpy as np
+        import tensorflow as tf
+        from larq_l1inf.evaluation import sweep
+
+        def tiny():
+            return tf.keras.Sequential([tf.keras.Input((8, 8, 1)), tf.keras.layers.Flatten(),
+                                        tf.keras.layers.Dense(10)])
+
+        x = np.random.default_rng(0).random((64, 8, 8, 1)).astype("float32")
+        rows = sweep({"a": tiny(), "b": tiny()}, x, np.arange(64) % 10,
+                     epsilons=[0.0, (0.05, 0.1), (0.1, 0.2)], csv_path="results/sweep.csv",
+                     png_path="results/sweep.png")
         ```
 
     # Arguments
     models: dict name -> Keras model / flatbuffer / `TFLiteModel` / `.tflite` path (or a
         list, or one model).
     x, y: the evaluation data.
-    levels: noise levels; for environmental noise each a float (constant epsilon) or a
-        `(lo, hi)` pair. A level of 0 gives the clean accuracy.
+    epsilons: noise strengths; for environmental noise each a float (constant epsilon) or
+        a `(lo, hi)` pair. An epsilon of 0 gives the clean accuracy.
     noise: noise name or callable.
-    draws: noise draws per level (mean and std over them).
-    seed: base seed; level i, draw k uses `noisy_inputs(..., seed=(seed + i), draw=k)`.
+    draws: noise draws per epsilon (mean and std over them).
+    seed: base seed; epsilon i, draw k uses `noisy_inputs(..., seed=(seed + i), draw=k)`.
     noise_kwargs: further arguments of the noise.
     batch_size, num_threads: Keras batch size, interpreter threads.
     csv_path: write the rows as CSV (columns `SWEEP_FIELDS`).
     png_path: write `plot_sweep` of the rows.
     title: plot title.
-    progress: progress bar over levels x draws; None shows it for 1000+ samples.
+    verbose: 0 silent, 1 a Keras progress bar over epsilons x draws, 2 one line at the
+        end; `"auto"` shows the bar for 1000+ samples.
+    **deprecated: `levels` (now `epsilons`) and `progress` (now `verbose`), the names of
+        version 0.1.0, with a `DeprecationWarning`.
 
     # Returns
-    A list of dicts, one per (model, level), with the `SWEEP_FIELDS` keys.
+    A list of dicts, one per (model, epsilon), with the `SWEEP_FIELDS` keys.
+
+    # Raises
+    ValueError: no epsilons, `draws < 1`, mismatched data. TypeError: an unsupported model.
     """
+    renamed = _deprecated(deprecated, {"levels": "epsilons", "progress": "verbose"}, "sweep")
+    epsilons = renamed.get("epsilons", epsilons)
+    verbose = renamed.get("verbose", verbose)
     x, y = _check_data(x, y)
     draws = int(draws)
     if draws < 1:
         raise ValueError(f"`draws` must be >= 1, got {draws}.")
-    if not levels:
-        raise ValueError("`levels` is empty: give at least one noise level.")
+    if not epsilons:
+        raise ValueError("`epsilons` is empty: give at least one noise strength.")
     models = {name: _Predictor(m, batch_size, num_threads) for name, m in
               _models_dict(models).items()}
     for name, p in models.items():
         p.check(x, name)
-    if progress is None:
-        progress = len(x) >= 1000
-    acc = {(name, i): [] for name in models for i in range(len(levels))}
-    jobs = [(i, k) for i in range(len(levels)) for k in range(draws)]
-    for i, k in _progress(jobs, len(jobs), "sweep", progress):
-        level = levels[i]
-        lo, hi = _level_bounds(level)
+    acc = {(name, i): [] for name in models for i in range(len(epsilons))}
+    jobs = [(i, k) for i in range(len(epsilons)) for k in range(draws)]
+    bar = _progbar(len(jobs), verbose, len(x))
+    for i, k in jobs:
+        epsilon = epsilons[i]
+        lo, hi = _epsilon_bounds(epsilon)
         x_noisy = x if hi == 0 and lo == 0 else noisy_inputs(
-            x, noise, level, seed + i, k, noise_kwargs
+            x, noise, epsilon, seed + i, k, noise_kwargs
         )
         for name, p in models.items():
             acc[(name, i)].append(float(np.mean(p.predict(x_noisy) == y)))
+        if bar is not None:
+            bar.add(1)
     noise_name = noise if isinstance(noise, str) else getattr(noise, "__name__", str(noise))
     rows = []
     for name in models:
-        for i, level in enumerate(levels):
-            lo, hi = _level_bounds(level)
+        for i, epsilon in enumerate(epsilons):
+            lo, hi = _epsilon_bounds(epsilon)
             values = acc[(name, i)]
             rows.append({
-                "model": name, "noise": noise_name, "level_lo": lo, "level_hi": hi,
+                "model": name, "noise": noise_name, "epsilon_lo": lo, "epsilon_hi": hi,
                 "accuracy_mean": float(np.mean(values)), "accuracy_std": float(np.std(values)),
                 "draws": len(values), "n": int(len(x)),
             })
@@ -431,7 +519,15 @@ def sweep(models, x, y, levels, noise="environmental", draws=3, seed=0, noise_kw
 
 
 def write_csv(rows, path):
-    """Write sweep rows as CSV; returns the path."""
+    """Write sweep rows as CSV, creating the folder.
+
+    # Arguments
+    rows: the rows of `sweep` (keys `SWEEP_FIELDS`).
+    path: the CSV file.
+
+    # Returns
+    `path`.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=SWEEP_FIELDS)
@@ -441,11 +537,20 @@ def write_csv(rows, path):
 
 
 def read_csv(path):
-    """Read rows written by `write_csv` (numbers as numbers)."""
+    """Read rows written by `write_csv` (numbers as numbers).
+
+    Files of version 0.1.0 (columns `level_lo`, `level_hi`) are read with the new names.
+
+    # Arguments
+    path: the CSV file.
+
+    # Returns
+    A list of dicts with the `SWEEP_FIELDS` keys.
+    """
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = [{_OLD_FIELDS.get(k, k): v for k, v in r.items()} for r in csv.DictReader(f)]
     for r in rows:
-        for key in ("level_lo", "level_hi", "accuracy_mean", "accuracy_std"):
+        for key in ("epsilon_lo", "epsilon_hi", "accuracy_mean", "accuracy_std"):
             r[key] = float(r[key])
         for key in ("draws", "n"):
             r[key] = int(r[key])
@@ -453,10 +558,15 @@ def read_csv(path):
 
 
 def plot_sweep(rows, path, title=None):
-    """Plot accuracy (mean +- std over draws) against the upper noise level, one line per model.
+    """Plot accuracy (mean +- std over draws) against the upper epsilon, one line per model.
+
+    # Arguments
+    rows: the rows of `sweep` or `read_csv`.
+    path: the image file (its extension selects the format, e.g. `.png`).
+    title: plot title.
 
     # Returns
-    The path of the written image.
+    `path`.
     """
     import matplotlib
 
@@ -465,15 +575,15 @@ def plot_sweep(rows, path, title=None):
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
     for name in dict.fromkeys(r["model"] for r in rows):
-        mine = sorted((r for r in rows if r["model"] == name), key=lambda r: r["level_hi"])
-        xs = [r["level_hi"] for r in mine]
+        mine = sorted((r for r in rows if r["model"] == name), key=lambda r: r["epsilon_hi"])
+        xs = [r["epsilon_hi"] for r in mine]
         ax.errorbar(xs, [100 * r["accuracy_mean"] for r in mine],
                     yerr=[100 * r["accuracy_std"] for r in mine], marker="o", ms=3,
                     capsize=3, label=name)
-    ranged = any(r["level_lo"] != r["level_hi"] for r in rows)
+    ranged = any(r["epsilon_lo"] != r["epsilon_hi"] for r in rows)
     noise_name = rows[0]["noise"] if rows else "noise"
-    ax.set_xlabel(f"{noise_name} noise level" + (" (upper end of the epsilon range)"
-                                                  if ranged else ""))
+    ax.set_xlabel(f"{noise_name} noise epsilon" + (" (upper end of the range)"
+                                                    if ranged else ""))
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -484,135 +594,3 @@ def plot_sweep(rows, path, title=None):
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _load_model(path):
-    if path.endswith(".tflite"):
-        from larq_l1inf.deploy import load_flatbuffer
-
-        return load_flatbuffer(path)
-    import larq  # noqa: F401 - registers larq's custom objects for loading
-
-    import larq_l1inf  # noqa: F401 - registers this package's custom objects
-
-    return tf.keras.models.load_model(path, compile=False)
-
-
-def _load_data(args):
-    from larq_l1inf import data
-
-    if args.dataset == "digits":
-        _, (x, y) = data.load_digits(size=args.size, channels=args.channels, seed=args.seed)
-    else:
-        x, y = _tfds_arrays(data.load_tfds(args.dataset, split=args.split, data_dir=args.data_dir))
-    if args.limit:
-        x, y = x[:args.limit], y[:args.limit]
-    return x, y
-
-
-def _tfds_arrays(dataset):
-    xs, ys = [], []
-    for xb, yb in dataset:
-        xs.append(np.asarray(xb))
-        ys.append(np.asarray(yb))
-    x, y = np.asarray(xs), np.asarray(ys)
-    if x.ndim == 5:  # batched
-        x, y = np.concatenate(xs), np.concatenate(ys)
-    return x, y
-
-
-def _levels(args):
-    if args.noise != "environmental" or args.lo_fraction is None:
-        return [float(v) for v in args.levels]
-    return [(args.lo_fraction * v, v) for v in args.levels]
-
-
-def run_evaluate(args):
-    x, y = _load_data(args)
-    model = _load_model(args.model)
-    flatbuffer = None
-    if args.flatbuffer:
-        from larq_l1inf.deploy import load_flatbuffer
-
-        flatbuffer = load_flatbuffer(args.flatbuffer)
-    elif args.convert:
-        flatbuffer = True
-    level = tuple(args.epsilon) if len(args.epsilon) == 2 else args.epsilon[0]
-    result = evaluate(model, x, y, flatbuffer=flatbuffer, noise=args.noise, level=level,
-                      draws=args.draws, pgd_epsilon=args.pgd_epsilon,
-                      pgd_iterations=args.pgd_iterations, seed=args.seed,
-                      num_threads=args.threads, progress=True)
-    print(result.summary())
-    if args.out:
-        result.to_json(args.out)
-        print(f"written to {args.out}")
-    return 0
-
-
-def run_sweep(args):
-    x, y = _load_data(args)
-    models = {}
-    for spec in args.model:
-        name, _, path = spec.rpartition("=")
-        models[name or os.path.splitext(os.path.basename(path.rstrip("/")))[0]] = _load_model(path)
-    rows = sweep(models, x, y, _levels(args), noise=args.noise, draws=args.draws,
-                 seed=args.seed, num_threads=args.threads, csv_path=args.csv,
-                 png_path=args.png, title=args.title, progress=True)
-    for r in rows:
-        print(f"{r['model']:<16} [{r['level_lo']:.4g}, {r['level_hi']:.4g}]  "
-              f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f}%")
-    return 0
-
-
-def _common_args(parser):
-    parser.add_argument("--dataset", default="digits",
-                        help="'digits' (offline) or a TFDS name prepared on disk")
-    parser.add_argument("--split", default="test", help="TFDS split")
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
-    parser.add_argument("--size", type=int, default=32, help="digits image size")
-    parser.add_argument("--channels", type=int, default=3, help="digits channels")
-    parser.add_argument("--limit", type=int, default=0, help="evaluate the first N samples only")
-    parser.add_argument("--noise", default="environmental",
-                        choices=["environmental", "gaussian", "uniform", "impulse"])
-    parser.add_argument("--draws", type=int, default=5, help="noise draws")
-    parser.add_argument("--seed", type=int, default=0, help="noise / attack seed")
-    parser.add_argument("--threads", type=int, default=1, help="LCE interpreter threads")
-
-
-def register(subparsers):
-    """Add the `evaluate` and `sweep` commands to the `larq-l1inf` CLI."""
-    import argparse
-
-    p = subparsers.add_parser(
-        "evaluate", help="clean / noisy / PGD accuracy of a Keras model and its flatbuffer",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("model", help="Keras model (SavedModel dir, .h5, .keras) or .tflite file")
-    p.add_argument("--flatbuffer", default="", help=".tflite of the same model, evaluated beside")
-    p.add_argument("--convert", action="store_true", help="convert the Keras model with LCE")
-    p.add_argument("--epsilon", type=float, nargs="+", default=[0.05, 0.1],
-                   help="noise level: one value, or LO HI for environmental noise")
-    p.add_argument("--pgd-epsilon", type=float, default=None, help="L-inf PGD radius")
-    p.add_argument("--pgd-iterations", type=int, default=20, help="PGD steps (step eps/4)")
-    p.add_argument("--out", default="", help="write the result as JSON")
-    _common_args(p)
-    p.set_defaults(func=run_evaluate)
-
-    s = subparsers.add_parser(
-        "sweep", help="accuracy vs noise level of several models: CSV and PNG",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    s.add_argument("model", nargs="+", help="NAME=PATH (Keras model or .tflite), one per curve")
-    s.add_argument("--levels", type=float, nargs="+",
-                   default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.4], help="noise levels (upper ends)")
-    s.add_argument("--lo-fraction", type=float, default=0.5,
-                   help="environmental noise: level L means epsilon ~ U[f*L, L]")
-    s.add_argument("--csv", default="results/sweep.csv", help="CSV output")
-    s.add_argument("--png", default="results/sweep.png", help="plot output")
-    s.add_argument("--title", default=None, help="plot title")
-    _common_args(s)
-    s.set_defaults(func=run_sweep)
-    return p, s

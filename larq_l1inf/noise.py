@@ -2,9 +2,11 @@
 
 Algorithm 1 of the paper's appendix ("environmental noise") plus Gaussian, uniform
 (L-inf bounded) and impulse (salt-and-pepper) noise, all with the same interface
-`noise(x, level, *, seed=None, **kwargs) -> tf.Tensor`, for batches of images (NHWC) and
-of 1-D signals (NWC). Every function is vectorized in TensorFlow, draws with stateless
-random ops, and is reproducible: the same seed gives the same noise.
+`noise(x, epsilon, *, seed=None, **kwargs) -> tf.Tensor`, for batches of images (NHWC) and
+of 1-D signals (NWC). `epsilon` is the noise strength: Algorithm 1's shift (a number or a
+`(lo, hi)` range), the Gaussian sigma, the uniform radius, the impulse amount. Every
+function is vectorized in TensorFlow, draws with stateless random ops, and is reproducible:
+the same seed gives the same noise.
 
 The same noises are available as a `tf.data` transformation (`noisy_dataset`) and as a
 Keras preprocessing layer (`InputNoise`).
@@ -14,8 +16,10 @@ import logging
 import numbers
 
 import numpy as np
+from larq.utils import register_keras_custom_object
 
 from larq_l1inf._keras import tf
+from larq_l1inf.utils import renamed_arguments
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +189,20 @@ def _apply_point_shifts(x, cells, shifts):
     inner = [d - 2 for d in dims]
     size = int(np.prod(inner))
     n = tf.shape(x)[0]
-    flat = tf.cast(cells, tf.int64) + tf.cast(tf.range(n), tf.int64)[:, None] * size
-    delta = tf.math.unsorted_segment_sum(
-        tf.reshape(tf.cast(shifts, x.dtype), [-1]),
-        tf.reshape(flat, [-1]),
-        tf.cast(n, tf.int64) * size,
-    )
-    delta = tf.reshape(delta, tf.concat([[n], inner, [1]], axis=0))
+    # Half-precision sums would lose small shifts; accumulate in float32 at least.
+    acc = x.dtype if x.dtype in (tf.float32, tf.float64) else tf.float32
+    weights = tf.reshape(tf.cast(shifts, acc), [-1])
+    if x.shape[0] is not None and x.shape[0] * size < 2**31:
+        # bincount on int32 indices is several times faster than an int64 segment sum.
+        flat = tf.cast(cells, tf.int32) + tf.range(n)[:, None] * size
+        delta = tf.math.bincount(tf.reshape(flat, [-1]), weights=weights,
+                                 minlength=x.shape[0] * size, maxlength=x.shape[0] * size,
+                                 dtype=acc)
+    else:  # unknown batch size (inside tf.data) or more than 2**31 cells
+        flat = tf.cast(cells, tf.int64) + tf.cast(tf.range(n), tf.int64)[:, None] * size
+        delta = tf.math.unsorted_segment_sum(weights, tf.reshape(flat, [-1]),
+                                             tf.cast(n, tf.int64) * size)
+    delta = tf.reshape(tf.cast(delta, x.dtype), tf.concat([[n], inner, [1]], axis=0))
     delta = tf.pad(delta, [[0, 0]] + [[1, 1]] * len(dims) + [[0, 0]])
     return x + delta
 
@@ -226,6 +237,10 @@ def environmental_noise(x, epsilon, points=None, prob=0.5, seed=None):
 
     !!! example
         ```python
+        import larq_l1inf  # before TensorFlow: selects Keras 2
+        import tensorflow as tf
+        from larq_l1inf.noise import environmental_noise
+
         x = tf.random.uniform((8, 32, 32, 3))
         x_noisy = environmental_noise(x, (1 / 255, 4 / 255), seed=0)
         ```
@@ -247,7 +262,7 @@ def environmental_noise(x, epsilon, points=None, prob=0.5, seed=None):
 
     # References
     - Appendix A, Algorithm 1 ("Model with Environmental Noise Perturbations during
-      Inference") of the L1,inf-norm BNN robustness paper (papers/000).
+      Inference") of the L1,inf-norm BNN robustness paper.
     """
     x = _as_float_input(x)
     dims = _spatial_dims(x)
@@ -375,29 +390,32 @@ _NOISES = {
 
 
 def get(identifier):
-    """Return a noise function by name (`"environmental"`, `"gaussian"`, `"uniform"`,
-    `"impulse"`) or pass a callable `f(x, level, seed=...)` through."""
+    """A noise function by name, or a callable passed through.
+
+    # Arguments
+    identifier: `"environmental"`, `"gaussian"`, `"uniform"`, `"impulse"`, or a callable
+        `f(x, epsilon, seed=None, **kwargs)`.
+
+    # Returns
+    The noise function.
+
+    # Raises
+    ValueError: for an unknown name.
+    """
     if callable(identifier):
         return identifier
     if isinstance(identifier, str) and identifier in _NOISES:
         return _NOISES[identifier]
     raise ValueError(
         f"Unknown noise {identifier!r}; use one of {sorted(_NOISES)} or a callable "
-        "`f(x, level, seed=None)`."
+        "`f(x, epsilon, seed=None)`."
     )
-
-
-def _noise_name(noise):
-    for name, fn in _NOISES.items():
-        if fn is noise:
-            return name
-    return noise
 
 
 # ---------------------------------------------------------------- tf.data and Keras
 
 
-def noisy_dataset(dataset, noise="environmental", level=None, seed=0, batched=True, **kwargs):
+def noisy_dataset(dataset, noise="environmental", epsilon=None, seed=0, batched=True, **kwargs):
     """Add noise to the inputs of a `tf.data.Dataset`, reproducibly.
 
     The element with index i gets the stateless seed `(seed, i)`, so the noise does not
@@ -405,24 +423,38 @@ def noisy_dataset(dataset, noise="environmental", level=None, seed=0, batched=Tr
 
     !!! example
         ```python
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
-        ds = noisy_dataset(ds, "environmental", (0.05, 0.1), seed=1)
+        import larq_l1inf  # before TensorFlow: selects Keras 2
+        import numpy as np
+        import tensorflow as tf
+        from larq_l1inf.noise import noisy_dataset
+
+        x = np.random.default_rng(0).random((64, 8, 8, 3)).astype("float32")
+        ds = tf.data.Dataset.from_tensor_slices((x, np.arange(64))).batch(32)
+        ds = noisy_dataset(ds, "environmental", epsilon=(0.05, 0.1), seed=1)
         ```
 
     # Arguments
     dataset: elements `x` or tuples `(x, y, ...)` whose first entry is the input.
     noise: name or callable, see `get`.
-    level: the noise's level argument (epsilon, sigma, amount).
+    epsilon: the noise strength (Algorithm 1's epsilon or `(lo, hi)`, sigma, radius, amount).
     seed: int; the base seed.
     batched: whether elements are batches (N, ...); if False each element is one
         sample and gets a batch axis added and removed around the noise.
     **kwargs: further keyword arguments of the noise function (e.g. `points`, `prob`).
+        `level` is the deprecated name of `epsilon`.
 
     # Returns
     The mapped dataset.
+
+    # Raises
+    ValueError: without `epsilon`. TypeError: for a seed that is not an int.
     """
-    if level is None:
-        raise ValueError("`level` is required: the epsilon / sigma / amount of the noise.")
+    if "level" in kwargs:
+        epsilon = renamed_arguments({"level": kwargs.pop("level")}, {"level": "epsilon"},
+                                    "noisy_dataset")["epsilon"]
+    if epsilon is None:
+        raise ValueError("`epsilon` is required: the strength of the noise (epsilon, "
+                         "`(lo, hi)`, sigma, amount).")
     fn = get(noise)
     if not isinstance(seed, numbers.Integral):
         raise TypeError(f"`seed` must be an int for a dataset, got {seed!r}.")
@@ -431,9 +463,9 @@ def noisy_dataset(dataset, noise="environmental", level=None, seed=0, batched=Tr
         x, rest = (element[0], element[1:]) if isinstance(element, tuple) else (element, None)
         s = tf.stack([tf.constant(int(seed), tf.int64), tf.cast(i, tf.int64)])
         if batched:
-            x = fn(x, level, seed=s, **kwargs)
+            x = fn(x, epsilon, seed=s, **kwargs)
         else:
-            x = fn(x[None], level, seed=s, **kwargs)[0]
+            x = fn(x[None], epsilon, seed=s, **kwargs)[0]
         return x if rest is None else (x, *rest)
 
     def unpack(i, *element):
@@ -442,15 +474,7 @@ def noisy_dataset(dataset, noise="environmental", level=None, seed=0, batched=Tr
     return dataset.enumerate().map(unpack, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _register(cls):
-    try:
-        from larq.utils import register_keras_custom_object
-    except ImportError:  # pragma: no cover
-        return cls
-    return register_keras_custom_object(cls)
-
-
-@_register
+@register_keras_custom_object
 class InputNoise(tf.keras.layers.Layer):
     """Keras preprocessing layer that adds one of this module's noises to its input.
 
@@ -462,9 +486,13 @@ class InputNoise(tf.keras.layers.Layer):
 
     !!! example
         ```python
+        import larq_l1inf  # before TensorFlow: selects Keras 2
+        import tensorflow as tf
+        from larq_l1inf.noise import InputNoise
+
         model = tf.keras.Sequential([
             tf.keras.layers.Input((8, 8, 1)),
-            InputNoise("environmental", (0.05, 0.1), seed=0),
+            InputNoise("environmental", epsilon=(0.05, 0.1), seed=0),
             tf.keras.layers.Flatten(),
             tf.keras.layers.Dense(10),
         ])
@@ -472,29 +500,41 @@ class InputNoise(tf.keras.layers.Layer):
 
     # Arguments
     noise: `"environmental"`, `"gaussian"`, `"uniform"` or `"impulse"`.
-    level: the noise level (epsilon or `(lo, hi)`, sigma, amount).
+    epsilon: the noise strength (Algorithm 1's epsilon or `(lo, hi)`, sigma, radius,
+        amount).
     seed: int or None.
     training_only: apply only in training (True) or always (False).
     noise_kwargs: dict of further keyword arguments of the noise function.
+    **kwargs: Keras layer arguments (`name`, `dtype`, ...). `level` is the deprecated
+        name of `epsilon` (configurations saved by version 0.1.0 use it).
+
+    # Raises
+    TypeError: for a `noise` that is not a name. ValueError: without `epsilon`, or an
+        Algorithm 1 range with `lo > hi`.
     """
 
     def __init__(
-        self, noise="environmental", level=None, seed=None, training_only=True,
+        self, noise="environmental", epsilon=None, seed=None, training_only=True,
         noise_kwargs=None, **kwargs,
     ):
+        if "level" in kwargs:
+            epsilon = renamed_arguments({"level": kwargs.pop("level")}, {"level": "epsilon"},
+                                        "InputNoise")["epsilon"]
         super().__init__(**kwargs)
         if not isinstance(noise, str):
             raise TypeError("`noise` must be a name for a serializable layer, e.g. 'gaussian'.")
         self._fn = get(noise)
-        if level is None:
-            raise ValueError("`level` is required: the epsilon / sigma / amount of the noise.")
+        if epsilon is None:
+            raise ValueError("`epsilon` is required: the strength of the noise (epsilon, "
+                             "`(lo, hi)`, sigma, amount).")
         self.noise = noise
-        self.level = tuple(float(v) for v in level) if isinstance(level, (list, tuple)) else float(level)
+        self.epsilon = (tuple(float(v) for v in epsilon) if isinstance(epsilon, (list, tuple))
+                        else float(epsilon))
         self.seed = None if seed is None else int(seed)
         self.training_only = bool(training_only)
         self.noise_kwargs = dict(noise_kwargs or {})
         if noise == "environmental":
-            _check_epsilon(self.level)
+            _check_epsilon(self.epsilon)
         self._generator = (
             tf.random.Generator.from_seed(self.seed)
             if self.seed is not None
@@ -504,7 +544,7 @@ class InputNoise(tf.keras.layers.Layer):
     def call(self, inputs, training=None):
         def noisy():
             s = self._generator.make_seeds(1)[:, 0]
-            return self._fn(inputs, self.level, seed=s, **self.noise_kwargs)
+            return self._fn(inputs, self.epsilon, seed=s, **self.noise_kwargs)
 
         if not self.training_only:
             return noisy()
@@ -518,11 +558,11 @@ class InputNoise(tf.keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        level = list(self.level) if isinstance(self.level, tuple) else self.level
+        epsilon = list(self.epsilon) if isinstance(self.epsilon, tuple) else self.epsilon
         return {
             **super().get_config(),
             "noise": self.noise,
-            "level": level,
+            "epsilon": epsilon,
             "seed": self.seed,
             "training_only": self.training_only,
             "noise_kwargs": self.noise_kwargs,

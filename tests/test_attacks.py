@@ -1,21 +1,21 @@
+"""`larq_l1inf.attacks`: gradients through the STE, PGD and FGSM on images and 1-D signals."""
+
 import logging
 
 import larq as lq
 import numpy as np
 import pytest
+from helpers import BINARY
 
 from larq_l1inf import attacks
 from larq_l1inf._keras import tf
 from larq_l1inf.data import load_digits
 
-BINARY = dict(
-    input_quantizer="ste_sign", kernel_quantizer="ste_sign", kernel_constraint="weight_clip",
-    use_bias=False,
-)
-
 
 def toy_bnn(sign=None):
-    """A small BNN whose first layer binarizes its (rescaled) input with a sign quantizer."""
+    """A small BNN whose first layer binarizes its (rescaled) input with a sign quantizer
+    given here (`helpers.toy_bnn` has a float stem and fixed quantizers, so it cannot show
+    gradient masking by a true sign)."""
     return tf.keras.Sequential(
         [
             tf.keras.layers.Input((8, 8, 1)),
@@ -134,3 +134,58 @@ class TestBadInputs:
             attacks.fgsm(model, (x * 255).astype(np.uint8), y, 0.1)
         with pytest.raises(ValueError, match="iterations"):
             attacks.pgd(model, x, y, 0.1, iterations=-1)
+
+
+def signals(n, seed):
+    """1-D signals (N, T=16, C=2): class 1 when the first half of channel 0 is brighter."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, (n, 16, 2)).astype(np.float32)
+    y = (x[:, :8, 0].mean(1) > x[:, 8:, 0].mean(1)).astype(np.int64)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def trained_1d():
+    x, y = signals(512, 0)
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([
+        tf.keras.layers.Input((16, 2)),
+        tf.keras.layers.Rescaling(2.0, offset=-1.0),
+        lq.layers.QuantConv1D(8, 3, padding="same", pad_values=1.0, **BINARY),
+        tf.keras.layers.BatchNormalization(),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(2),
+    ])
+    model.compile(tf.keras.optimizers.Adam(1e-2),
+                  tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    x_test, y_test = signals(64, 1)
+    return model, x_test, y_test
+
+
+class TestSignals:
+    def test_pgd_on_nwc_signals_stays_in_ball_and_raises_loss(self, trained_1d):
+        model, x, y = trained_1d
+        assert accuracy(model, x, y) > 0.75  # the toy learned the task
+        eps = 0.1
+        x_adv = attacks.pgd(model, x, y, eps, iterations=5, seed=0, clip=(0.0, 1.0))
+        assert x_adv.shape == x.shape == (64, 16, 2)
+        assert np.abs(x_adv - x).max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+        noisy = np.clip(x + np.random.default_rng(0).uniform(-eps, eps, x.shape), 0, 1)
+        assert mean_loss(model, x_adv, y) > mean_loss(model, noisy.astype(np.float32), y) + 0.3
+        assert accuracy(model, x_adv, y) < accuracy(model, x, y)
+
+
+class TestDeprecatedNames:
+    def test_progress_is_verbose_for_one_release(self, trained, capsys):
+        model, x, y = trained
+        with pytest.warns(DeprecationWarning, match="pgd\\(\\): `progress` is deprecated"):
+            old = attacks.pgd(model, x[:8], y[:8], 0.1, iterations=1, seed=0, progress=True)
+        assert "8/8" in capsys.readouterr().out  # the Keras progress bar ran
+        np.testing.assert_array_equal(
+            old, attacks.pgd(model, x[:8], y[:8], 0.1, iterations=1, seed=0, verbose=0))
+        assert capsys.readouterr().out == ""
+        with pytest.warns(DeprecationWarning, match="fgsm"):
+            attacks.fgsm(model, x[:8], y[:8], 0.1, progress=False)
+        with pytest.raises(ValueError, match="verbose"):
+            attacks.pgd(model, x[:8], y[:8], 0.1, verbose=3)

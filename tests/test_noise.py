@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+from helpers import layer_test, toy_bnn, trained_like_batchnorm, uniform_inputs
 
-from larq_l1inf import noise
+from larq_l1inf import deploy, noise
 from larq_l1inf._keras import tf
 from larq_l1inf.noise import (
     InputNoise,
@@ -235,7 +236,7 @@ class TestDatasetAndLayer:
         x = np.zeros((2, 6, 6, 1), np.float32)
         np.testing.assert_array_equal(model.predict(x, verbose=0), model(x, training=False))
         clone = tf.keras.Sequential.from_config(model.get_config())
-        assert clone.layers[0].get_config()["level"] == [0.1, 0.2]
+        assert clone.layers[0].get_config()["epsilon"] == [0.1, 0.2]
         assert clone.layers[0].noise_kwargs == {"points": 4}
 
 
@@ -271,3 +272,73 @@ class TestBadInputs:
             environmental_noise(x, 0.1, seed=[1, 2, 3])
         with pytest.raises(ValueError, match="lo <= hi"):
             InputNoise("environmental", (0.3, 0.1))
+        with pytest.raises(ValueError, match="`epsilon` is required"):
+            InputNoise("gaussian")
+
+
+class TestScatterPaths:
+    def test_unknown_batch_size_path_equals_known(self):
+        """Inside tf.data the batch size is unknown: the int64 segment-sum path must add the
+        same shifts as the int32 bincount path used for known shapes."""
+        rng = np.random.default_rng(0)
+        x = rng.random((6, 7, 5, 2)).astype(np.float32)
+        cells = rng.integers(0, 15, size=(6, 30)).astype(np.int32)
+        shifts = (rng.uniform(0.1, 0.2, (6, 30)) * (rng.random((6, 30)) < 0.5)).astype(np.float32)
+        known = noise._apply_point_shifts(tf.constant(x), cells, shifts).numpy()
+        unknown = tf.function(
+            noise._apply_point_shifts,
+            input_signature=[tf.TensorSpec([None, 7, 5, 2]), tf.TensorSpec([None, 30], tf.int32),
+                             tf.TensorSpec([None, 30])],
+        )(x, cells, shifts).numpy()
+        np.testing.assert_allclose(unknown, known, rtol=0, atol=1e-6)
+        want = noise._apply_point_shifts_loop(x, noise._cells_to_positions(cells, [7, 5]), shifts)
+        np.testing.assert_allclose(known, want, rtol=0, atol=1e-6)
+
+
+class TestInputNoiseDeployment:
+    def test_layer_round_trip_h5_and_saved_model(self, tmp_path):
+        """larq-style layer test: config, a training step, h5 and SavedModel round trips; at
+        inference the layer is the identity."""
+        x = uniform_inputs((2, 8, 8, 3))
+        out = layer_test(InputNoise, {"noise": "environmental", "epsilon": [0.1, 0.2],
+                                      "seed": 0, "noise_kwargs": {"points": 4}},
+                         (8, 8, 3), tmp_path, x=x)
+        np.testing.assert_array_equal(out, x)
+
+    def test_model_with_input_noise_converts_without_random_ops(self, tmp_path):
+        tf.keras.utils.set_random_seed(0)
+        inputs = tf.keras.Input((8, 8, 3))
+        x = InputNoise("environmental", epsilon=(0.05, 0.1), seed=0)(inputs)
+        model = tf.keras.Model(inputs, trained_like_batchnorm(toy_bnn(width=4))(x))
+        path = str(tmp_path / "saved_model")
+        model.save(path)
+        loaded = tf.keras.models.load_model(path)  # no custom_objects: the layer is registered
+        assert isinstance(loaded.layers[1], InputNoise)
+        assert loaded.layers[1].get_config()["epsilon"] == [0.05, 0.1]
+        x = uniform_inputs((16, 8, 8, 3))
+        keras_out = loaded.predict(x, verbose=0)
+        np.testing.assert_allclose(keras_out, model.predict(x, verbose=0), atol=1e-6)
+        flatbuffer = deploy.convert(loaded, in_process=True)
+        ops = deploy.op_counts(flatbuffer)
+        assert not [op for op in ops if "RANDOM" in op.upper() or "MULTINOMIAL" in op.upper()], ops
+        assert ops.get("LceBconv2d") == 2, ops
+        lite_out = deploy.TFLiteModel(flatbuffer).predict(x, verbose=False)
+        np.testing.assert_allclose(lite_out, keras_out, atol=1e-3)
+
+
+class TestDeprecatedNames:
+    def test_level_is_epsilon_for_one_release(self):
+        with pytest.warns(DeprecationWarning, match="`level` is deprecated"):
+            layer = InputNoise("environmental", level=(0.1, 0.2), seed=0)
+        assert layer.epsilon == (0.1, 0.2)
+        # a configuration saved by version 0.1.0
+        old = {"name": "input_noise", "noise": "uniform", "level": 0.1, "seed": 1,
+               "training_only": True, "noise_kwargs": {}}
+        with pytest.warns(DeprecationWarning):
+            assert InputNoise.from_config(old).get_config()["epsilon"] == 0.1
+        x = np.zeros((4, 6, 6, 1), np.float32)
+        ds = tf.data.Dataset.from_tensor_slices(x).batch(2)
+        with pytest.warns(DeprecationWarning, match="noisy_dataset"):
+            old_ds = noisy_dataset(ds, "gaussian", level=0.1, seed=0)
+        for a, b in zip(old_ds, noisy_dataset(ds, "gaussian", epsilon=0.1, seed=0)):
+            np.testing.assert_array_equal(a, b)
