@@ -18,6 +18,11 @@ def ensure_legacy_keras():
     """Set ``TF_USE_LEGACY_KERAS=1`` if TensorFlow is not yet imported; verify Keras 2 after."""
     if "tensorflow" not in sys.modules:
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+        # The command line hides TensorFlow's C++ start-up lines (cuFFT, cuDNN...) unless -v.
+        if os.path.basename(sys.argv[0]) == "larq-l1inf" and not {"-v", "--verbose"} & set(
+            sys.argv[1:]
+        ):
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
     # tf.keras is a lazy loader; the module of its Layer class says which Keras it resolved to.

@@ -207,8 +207,6 @@ class TestErrors:
             with pytest.raises(argparse.ArgumentTypeError):
                 helper(text)
 
-    @pytest.mark.xfail(strict=True, reason="needs TF_CPP_MIN_LOG_LEVEL set in larq_l1inf/_keras.py "
-                       "before TensorFlow loads (house report); remove this mark with that change")
     def test_help_has_no_tensorflow_start_up_messages(self):
         """`larq-l1inf --help` through the console script, in a fresh process."""
         script = os.path.join(os.path.dirname(sys.executable), "larq-l1inf")
