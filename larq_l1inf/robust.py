@@ -556,6 +556,9 @@ class GMRobustModel(tf.keras.Model):
             per_sample = per_sample * tf.reshape(tf.cast(sample_weight, per_sample.dtype), [-1])
         return tf.reduce_mean(per_sample, axis=-1)
 
+    # Plain TF ops with Python-level control flow only: AutoGraph conversion of the IBP walk
+    # would only slow the trace down.
+    @tf.autograph.experimental.do_not_convert
     def sub_losses(self, x, y, ramp=1.0, sample_weight=None, training=False, seed=None):
         r"""Robust losses $\mathcal{L}_{rob}(x, y, r_i)$ for the `N` sub-perturbations.
 
@@ -605,6 +608,7 @@ class GMRobustModel(tf.keras.Model):
             ce = _sample_ce(yt, self.model(x_rob, training=training), self._from_logits)
         return self._mean(tf.reshape(ce, tf.stack([n, batch])), sample_weight)
 
+    @tf.autograph.experimental.do_not_convert
     def gm_loss(self, x, y, sample_weight=None, training=False, ramp=1.0, kappa=None,
                 seed=None):
         r"""The GM loss of one batch and its parts.
