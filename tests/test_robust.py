@@ -201,7 +201,8 @@ class TestLoss:
             rob = tf.reduce_mean(ce(y, worst_case_logits(lower, upper, y), from_logits=True))
         else:
             if term == "pgd":
-                x_rob = pgd_perturbation(model, x, y, eps, iterations=2, seed=seed,
+                start = tf.random.experimental.stateless_fold_in(tf.constant(seed, tf.int64), 0)
+                x_rob = pgd_perturbation(model, x, y, eps, iterations=2, seed=start,
                                          from_logits=not softmax)
             else:
                 x_rob = environmental_noise(x, eps, seed=seed)  # Algorithm 1 at eps itself
