@@ -1,0 +1,694 @@
+r"""Interval bound propagation (IBP) through larq binary networks.
+
+For an input box $x' \in [\max(x - \epsilon, c_0), \min(x + \epsilon, c_1)]$ (the
+$\ell_\infty$ ball of radius $\epsilon$ around $x$, clipped to the valid pixel range) every
+layer maps an elementwise interval $[l, u]$ to an interval that contains all its outputs:
+
+- affine layers (Dense, Conv1D/2D/3D, DepthwiseConv2D, their larq `Quant*` versions,
+  BatchNormalization in inference form, Rescaling) in centre-radius form,
+  $\mu' = W\mu + b,\ r' = |W| r$ with $\mu = (u + l)/2,\ r = (u - l)/2$;
+- monotone elementwise maps (sign-type quantizers, ReLU, hard tanh, ...) endpoint-wise,
+  $[f(l), f(u)]$; larq's `sign(0) = +1`, so sign maps $[l, u]$ to $-1$ if $u < 0$, $+1$ if
+  $l \ge 0$ and $[-1, +1]$ otherwise;
+- pooling, reshaping and merging layers endpoint-wise (they are monotone).
+
+A larq layer's kernel is read as its quantizer's forward output (inside
+`larq.context.quantized_scope`), so a binary or scaled-binary kernel is simply a constant linear
+map, and the whole computation is differentiable: the sign of an interval endpoint passes the
+gradient of the quantizer's own straight-through estimator, so the bounds can be used inside
+a training step (IBP training, Gowal et al. 2018).
+
+`interval_bounds` bounds the model's output logits; `certified_margin` the worst-case logit
+margin $\min_{j \ne y} (z_y - z_j)$, computed with the last linear layer folded into the
+margin (tighter than subtracting separately bounded logits); `verified_accuracy` the fraction
+of samples whose certified margin is positive.
+
+!!! example
+    ```python
+    import larq_l1inf  # selects Keras 2 first
+    import larq as lq
+    import numpy as np
+    import tensorflow as tf
+    from larq_l1inf.ibp import interval_bounds, verified_accuracy
+
+    model = tf.keras.Sequential([
+        tf.keras.Input((8, 8, 1)),
+        lq.layers.QuantConv2D(4, 3, input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+                              padding="same", pad_values=1.0, use_bias=False),
+        tf.keras.layers.BatchNormalization(),
+        tf.keras.layers.GlobalAveragePooling2D(),
+        tf.keras.layers.Dense(3),
+    ])
+    x = np.random.rand(4, 8, 8, 1).astype("float32")
+    lower, upper = interval_bounds(model, x, epsilon=0.01)
+    assert np.all(lower.numpy() <= model(x).numpy() + 1e-5)
+    print(verified_accuracy(model, x, np.array([0, 1, 2, 0]), epsilon=0.01))
+    ```
+
+# References
+- S. Gowal, K. Dvijotham, R. Stanforth, R. Bunel, C. Qin, J. Uesato, R. Arandjelovic, T. Mann,
+  P. Kohli. On the Effectiveness of Interval Bound Propagation for Training Verifiably Robust
+  Models. arXiv:1810.12715, 2018, sec. 3 (eq. 6) and the elision of the last layer.
+- H. Zhang, H. Chen, C. Xiao, S. Gowal, R. Stanforth, B. Li, D. Boning, C.-J. Hsieh. Towards
+  Stable and Efficient Training of Verifiably Robust Neural Networks (CROWN-IBP). ICLR 2020.
+"""
+
+import logging
+
+import larq as lq
+import numpy as np
+
+from larq_l1inf._keras import tf
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Interval",
+    "UnsupportedLayerError",
+    "certified_margin",
+    "input_box",
+    "interval_bounds",
+    "propagate",
+    "register_interval_rule",
+    "register_monotone_quantizer",
+    "verified_accuracy",
+]
+
+layers = tf.keras.layers
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer IBP cannot bound (its name and type are in the message)."""
+
+
+class Interval:
+    """An elementwise interval of one tensor, held as `[lower, upper]` or as centre and
+    radius, whichever the producing layer had; the other form is computed on first use (an
+    affine layer reads and writes centre/radius, a monotone map lower/upper, so chains of
+    affine layers convert nothing). Not a tuple, so `tf.nest` treats it as one leaf."""
+
+    __slots__ = ("_lower", "_upper", "_centre", "_radius")
+
+    def __init__(self, lower, upper):
+        self._lower, self._upper = lower, upper
+        self._centre = self._radius = None
+
+    @classmethod
+    def from_centre(cls, centre, radius):
+        box = cls(None, None)
+        box._centre, box._radius = centre, radius
+        return box
+
+    @property
+    def lower(self):
+        if self._lower is None:
+            self._lower = self._centre - self._radius
+        return self._lower
+
+    @property
+    def upper(self):
+        if self._upper is None:
+            self._upper = self._centre + self._radius
+        return self._upper
+
+    @property
+    def centre(self):
+        if self._centre is None:
+            self._centre = (self._upper + self._lower) * 0.5
+        return self._centre
+
+    @property
+    def radius(self):
+        if self._radius is None:
+            self._radius = (self._upper - self._lower) * 0.5
+        return self._radius
+
+    @property
+    def is_centred(self):
+        """Whether the centre/radius form is at hand (no conversion needed)."""
+        return self._centre is not None
+
+    def map(self, fn):
+        """`[fn(l), fn(u)]` for a monotone non-decreasing `fn`."""
+        return Interval(fn(self.lower), fn(self.upper))
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise monotone maps: activations and quantizers
+# --------------------------------------------------------------------------------------------
+
+_MONOTONE_ACTIVATION_NAMES = (
+    "linear", "relu", "relu6", "elu", "selu", "sigmoid", "hard_sigmoid", "tanh", "softplus",
+    "softsign", "exponential",
+)
+
+
+def _monotone_activations():
+    found = {tf.keras.activations.get(n) for n in _MONOTONE_ACTIVATION_NAMES}
+    found |= {lq.activations.hard_tanh, lq.activations.leaky_tanh, tf.nn.relu, tf.nn.relu6,
+              tf.identity, None}
+    return found
+
+
+_MONOTONE_ACTIVATIONS = _monotone_activations()
+_SOFTMAX = {tf.keras.activations.softmax, tf.nn.softmax}
+
+# Larq quantizers whose forward pass is elementwise and non-decreasing.
+_MONOTONE_QUANTIZERS = [
+    lq.quantizers.SteSign, lq.quantizers.ApproxSign, lq.quantizers.SwishSign,
+    lq.quantizers.SteHeaviside, lq.quantizers.NoOp,
+]
+_MONOTONE_QUANTIZER_FUNCTIONS = {
+    lq.quantizers.ste_sign, lq.quantizers.approx_sign, lq.quantizers.swish_sign,
+    lq.quantizers.ste_heaviside, lq.quantizers.ste_tern,
+}
+
+
+def register_monotone_quantizer(cls):
+    """Declare a quantizer class elementwise and non-decreasing, so IBP maps `[l, u]` to
+    `[q(l), q(u)]` when it is used as an input quantizer. Usable as a class decorator."""
+    _MONOTONE_QUANTIZERS.append(cls)
+    return cls
+
+
+def _is_monotone_quantizer(q):
+    if q is None or q in _MONOTONE_QUANTIZER_FUNCTIONS:
+        return True
+    if isinstance(q, lq.quantizers.DoReFa):
+        return q.mode == "activations"  # clip + round; the weight mode normalises by a max
+    if isinstance(q, lq.quantizers.SteTern):
+        return not q.ternary_weight_networks  # a threshold from the data is not elementwise
+    return isinstance(q, tuple(_MONOTONE_QUANTIZERS))
+
+
+def _quantize(layer, q, box, attr="input_quantizer"):
+    if q is None:
+        return box
+    if not _is_monotone_quantizer(q):
+        raise UnsupportedLayerError(
+            f"Layer {layer.name!r} ({type(layer).__name__}): its {attr} {type(q).__name__} is "
+            "not a known elementwise non-decreasing quantizer, so IBP cannot bound it. Use a "
+            "sign-type quantizer (ste_sign, approx_sign, swish_sign) or declare yours with "
+            "`larq_l1inf.ibp.register_monotone_quantizer`."
+        )
+    return box.map(q)
+
+
+def _activate(layer, fn, box):
+    if fn in _MONOTONE_ACTIVATIONS:
+        return box if fn in (None, tf.keras.activations.linear, tf.identity) else box.map(fn)
+    name = getattr(fn, "__name__", repr(fn))
+    raise UnsupportedLayerError(
+        f"Layer {layer.name!r} ({type(layer).__name__}): activation {name!r} is not monotone "
+        f"(or not known to IBP); supported: {', '.join(_MONOTONE_ACTIVATION_NAMES)}, hard_tanh, "
+        "leaky_tanh (and softmax as the model's last operation)."
+    )
+
+
+def _kinked(box, fn):
+    """Bounds of a piecewise-linear `fn` with one kink at 0 (PReLU/LeakyReLU with any slope):
+    the extremes are at the endpoints or at the kink."""
+    fl, fu = fn(box.lower), fn(box.upper)
+    straddles = tf.logical_and(box.lower < 0, box.upper > 0)
+    zero = fn(tf.zeros_like(box.lower))
+    lower = tf.minimum(fl, fu)
+    upper = tf.maximum(fl, fu)
+    return Interval(tf.where(straddles, tf.minimum(lower, zero), lower),
+                    tf.where(straddles, tf.maximum(upper, zero), upper))
+
+
+# --------------------------------------------------------------------------------------------
+# Affine layers
+# --------------------------------------------------------------------------------------------
+
+_CONV_TRANSPOSE = (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)
+
+
+def _same_padding(layer, shape):
+    """TF's `same` padding (before, after) per spatial axis, as larq pads with `pad_values`."""
+    pads = []
+    for size, k, s, d in zip(shape[1:-1], layer.kernel_size, layer.strides, layer.dilation_rate):
+        out = -(-size // s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+        pads.append([total // 2, total - total // 2])
+    return [[0, 0], *pads, [0, 0]]
+
+
+def _linear_op(layer, x, kernel, padding):
+    if isinstance(layer, layers.DepthwiseConv2D):
+        return tf.nn.depthwise_conv2d(x, kernel, strides=(1, *layer.strides, 1), padding=padding,
+                                      dilations=layer.dilation_rate)
+    if isinstance(layer, layers.DepthwiseConv1D):
+        y = tf.nn.depthwise_conv2d(x[:, :, None, :], kernel[:, None], padding=padding,
+                                   strides=(1, layer.strides[0], 1, 1),
+                                   dilations=(layer.dilation_rate[0], 1))
+        return y[:, :, 0, :]
+    if isinstance(layer, layers.Dense):
+        return tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
+    return tf.nn.convolution(x, kernel, strides=layer.strides, padding=padding,
+                             dilations=layer.dilation_rate)
+
+
+def _read_kernel(layer, attr):
+    # Inside quantized_scope a larq QuantizedVariable reads as its quantizer's forward output,
+    # with the quantizer's STE gradient to the latent weights.
+    with lq.context.quantized_scope(True):
+        return tf.convert_to_tensor(getattr(layer, attr))
+
+
+def _affine_layer(layer, box, training=False):
+    if isinstance(layer, (*_CONV_TRANSPOSE, layers.SeparableConv1D, layers.SeparableConv2D)):
+        raise UnsupportedLayerError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) is not supported by IBP yet; use "
+            "Conv, DepthwiseConv2D + a 1x1 Conv, or Dense."
+        )
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        raise UnsupportedLayerError(
+            f"Layer {layer.name!r}: IBP supports channels_last only, got {layer.data_format!r}."
+        )
+    if getattr(layer, "groups", 1) != 1:
+        raise UnsupportedLayerError(f"Layer {layer.name!r}: grouped convolutions are not supported.")
+    depthwise = isinstance(layer, (layers.DepthwiseConv2D, layers.DepthwiseConv1D))
+    box = _quantize(layer, getattr(layer, "input_quantizer", None), box)
+    kernel = _read_kernel(layer, "depthwise_kernel" if depthwise else "kernel")
+    centre, radius = box.centre, box.radius
+    padding = None
+    if not isinstance(layer, layers.Dense):
+        padding = layer.padding.upper()
+        pad_value = getattr(layer, "pad_values", 0.0)
+        if padding == "CAUSAL":
+            left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
+            spec = [[0, 0], [left, 0], [0, 0]]
+            centre, radius, padding = tf.pad(centre, spec), tf.pad(radius, spec), "VALID"
+        elif padding == "SAME" and not (not tf.is_tensor(pad_value) and pad_value == 0.0):
+            # larq pads the quantized input with the constant pad_values: exact, radius 0 there.
+            spec = _same_padding(layer, centre.shape)
+            centre = tf.pad(centre, spec, constant_values=tf.cast(pad_value, centre.dtype))
+            radius = tf.pad(radius, spec)
+            padding = "VALID"
+    out_centre = _linear_op(layer, centre, kernel, padding)
+    out_radius = _linear_op(layer, radius, tf.abs(kernel), padding)
+    if getattr(layer, "use_bias", False) and layer.bias is not None:
+        out_centre = out_centre + layer.bias
+    return _activate(layer, layer.activation, Interval.from_centre(out_centre, out_radius))
+
+
+def _broadcast(layer, v, rank):
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    axes = [a % rank for a in axes]
+    if axes != [rank - 1]:
+        raise UnsupportedLayerError(
+            f"Layer {layer.name!r}: BatchNormalization over axis {layer.axis} is not supported "
+            "(channels_last, axis=-1 only)."
+        )
+    return v
+
+
+def _batch_norm(layer, box, training=False):
+    rank = box.lower.shape.rank
+    if training:
+        # Batch statistics of the box centres, treated as the batch's constants; at epsilon = 0
+        # they equal those of the clean batch (decision of this module, see docs/readme/ibp.md).
+        axes = list(range(rank - 1))
+        mean, var = tf.nn.moments(box.centre, axes)
+        mean, var = tf.stop_gradient(mean), tf.stop_gradient(var)
+    else:
+        mean, var = layer.moving_mean, layer.moving_variance
+    scale = tf.math.rsqrt(var + layer.epsilon)
+    if layer.gamma is not None:
+        scale = scale * layer.gamma
+    shift = -mean * scale
+    if layer.beta is not None:
+        shift = shift + layer.beta
+    scale, shift = _broadcast(layer, scale, rank), _broadcast(layer, shift, rank)
+    return Interval.from_centre(box.centre * scale + shift, box.radius * tf.abs(scale))
+
+
+def _rescaling(layer, box, training=False):
+    scale = tf.cast(layer.scale, box.lower.dtype)
+    return Interval.from_centre(layer(box.centre), box.radius * tf.abs(scale))
+
+
+# --------------------------------------------------------------------------------------------
+# Rules: layer class -> function(layer, inputs, training) -> Interval
+# --------------------------------------------------------------------------------------------
+
+_IDENTITY = (layers.Dropout, layers.SpatialDropout1D, layers.SpatialDropout2D,
+             layers.SpatialDropout3D, layers.GaussianNoise, layers.GaussianDropout,
+             layers.AlphaDropout, layers.ActivityRegularization)
+# Monotone (non-decreasing in every input), so [f(l), f(u)] bounds them: pooling, reshaping.
+_ENDPOINT = (layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D,
+             layers.AveragePooling1D, layers.AveragePooling2D, layers.AveragePooling3D,
+             layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D,
+             layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D,
+             layers.GlobalAveragePooling3D, layers.Flatten, layers.Reshape, layers.Permute,
+             layers.ZeroPadding1D, layers.ZeroPadding2D, layers.ZeroPadding3D,
+             layers.Cropping1D, layers.Cropping2D, layers.Cropping3D, layers.UpSampling1D,
+             layers.UpSampling2D, layers.RepeatVector, layers.Normalization)
+_MERGE_ENDPOINT = (layers.Add, layers.Average, layers.Maximum, layers.Minimum,
+                   layers.Concatenate)
+
+_RULES = []  # (class, fn), searched in order; registered rules first
+
+
+def register_interval_rule(cls):
+    """Register `fn(layer, inputs, training) -> Interval` as IBP's rule for layers of `cls`
+    (`inputs` is one `Interval`, or a list for merge layers). A decorator:
+
+    ```python
+    @register_interval_rule(MyLayer)
+    def my_rule(layer, box, training):
+        return box.map(layer)
+    ```
+    """
+
+    def decorator(fn):
+        _RULES.insert(0, (cls, fn))
+        return fn
+
+    return decorator
+
+
+def _single(fn):
+    def rule(layer, inputs, training):
+        return fn(layer, inputs[0] if isinstance(inputs, list) else inputs, training)
+
+    return rule
+
+
+def _merge(layer, inputs, training):
+    if isinstance(layer, layers.Subtract):
+        a, b = inputs
+        return Interval(a.lower - b.upper, a.upper - b.lower)
+    if isinstance(layer, (layers.Add, layers.Average)) and all(i.is_centred for i in inputs):
+        return Interval.from_centre(layer([i.centre for i in inputs]), tf.add_n([i.radius for i in inputs])
+                                    / (len(inputs) if isinstance(layer, layers.Average) else 1))
+    return Interval(layer([i.lower for i in inputs]), layer([i.upper for i in inputs]))
+
+
+def _activation_layer(layer, box, training):
+    return _activate(layer, layer.activation, box)
+
+
+def _relu_layer(layer, box, training):
+    if float(layer.negative_slope) >= 0:
+        return box.map(layer)
+    return _kinked(box, layer)
+
+
+def _leaky(layer, box, training):
+    return _kinked(box, layer)
+
+
+def _quantizer_layer(layer, box, training):
+    return _quantize(layer, layer, box, "forward pass")
+
+
+def _base_rules():
+    return [
+        ((layers.Dense, layers.Conv1D, layers.Conv2D, layers.Conv3D, layers.DepthwiseConv2D,
+          layers.DepthwiseConv1D), _single(_affine_layer)),
+        (layers.BatchNormalization, _single(_batch_norm)),
+        (layers.Rescaling, _single(_rescaling)),
+        (layers.Activation, _single(_activation_layer)),
+        (layers.ReLU, _single(_relu_layer)),
+        ((layers.LeakyReLU, layers.PReLU, layers.ELU), _single(_leaky)),
+        (_IDENTITY, _single(lambda layer, box, training: box)),
+        (_ENDPOINT, _single(lambda layer, box, training: box.map(layer))),
+        ((*_MERGE_ENDPOINT, layers.Subtract), _merge),
+        (lq.quantizers.Quantizer, _single(_quantizer_layer)),
+    ]
+
+
+_RULES.extend(_base_rules())
+
+
+def _rule_for(layer):
+    for cls, fn in _RULES:
+        if isinstance(layer, cls):
+            return fn
+    raise UnsupportedLayerError(
+        f"Layer {layer.name!r} of type {type(layer).__name__} has no interval-bound rule. "
+        "Supported: larq Quant{Conv1D,Conv2D,Conv3D,DepthwiseConv2D,Dense} with sign-type "
+        "input quantizers, Conv/Dense/DepthwiseConv, BatchNormalization, pooling, Flatten, "
+        "Reshape, Add/Subtract/Concatenate, monotone activations, Rescaling, Normalization, "
+        "Dropout. Register one with `larq_l1inf.ibp.register_interval_rule`."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Walking the model
+# --------------------------------------------------------------------------------------------
+
+
+def _is_softmax(layer):
+    if isinstance(layer, layers.Softmax):
+        return True
+    return isinstance(layer, layers.Activation) and layer.activation in _SOFTMAX
+
+
+def _nodes(model):
+    """(layer, input ids, output ids) of a functional model, inputs first.
+
+    Keras 2 keeps the graph in private attributes (`_nodes_by_depth`, node ids); its own
+    `Functional._run_internal_graph` walks them the same way.
+    """
+    order = []
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if isinstance(node.layer, layers.InputLayer):
+                continue
+            order.append((node.layer, node.flat_input_ids, node.flat_output_ids))
+    return order
+
+
+def _output_layers(model):
+    if isinstance(model, tf.keras.Sequential) or not getattr(model, "_is_graph_network", False):
+        return [model.layers[-1]]
+    return [t._keras_history.layer for t in model.outputs]
+
+
+def _apply(layer, inputs, training, last):
+    if isinstance(layer, tf.keras.Model):
+        return propagate(layer, inputs, training=training, logits=last)
+    if last and _is_softmax(layer):
+        return inputs
+    if last and getattr(layer, "activation", None) in _SOFTMAX and not isinstance(
+            layer, layers.Activation):
+        # Bound the pre-softmax logits: the same layer with a linear activation.
+        with _patched(layer, "activation", tf.keras.activations.linear):
+            return _rule_for(layer)(layer, inputs, training)
+    return _rule_for(layer)(layer, inputs, training)
+
+
+class _patched:
+    def __init__(self, obj, attr, value):
+        self.obj, self.attr, self.value = obj, attr, value
+
+    def __enter__(self):
+        self.old = getattr(self.obj, self.attr)
+        setattr(self.obj, self.attr, self.value)
+
+    def __exit__(self, *exc):
+        setattr(self.obj, self.attr, self.old)
+
+
+def propagate(model, box, training=False, logits=True, until=None):
+    """Propagate an input `Interval` through a Keras model; returns the output `Interval`.
+
+    # Arguments
+    model: a Sequential or functional Keras model (nested models are walked too).
+    box: an `Interval` of the model's input (or a list for several inputs).
+    training: use batch statistics of the box centres in BatchNormalization instead of the
+        moving averages (for IBP training; the moving averages are not updated).
+    logits: a softmax as the model's last operation is skipped, so the pre-softmax logits are
+        bounded.
+    until: a layer of the model; return the `Interval` of that layer's input instead (its
+        input quantizer not applied), e.g. for folding the last layer into a margin.
+
+    # Raises
+    UnsupportedLayerError: naming the first layer that cannot be bounded.
+    """
+    last_layers = _output_layers(model)
+    if isinstance(model, tf.keras.Sequential) or not getattr(model, "_is_graph_network", False):
+        current = box
+        for layer in model.layers:
+            if layer is until:
+                return current
+            current = _apply(layer, current, training, logits and layer is last_layers[-1])
+        return current
+    values = {}
+    boxes = box if isinstance(box, (list, tuple)) else [box]
+    if len(boxes) != len(model.inputs):
+        raise ValueError(f"Model {model.name!r} has {len(model.inputs)} inputs, got {len(boxes)} boxes.")
+    for tensor, b in zip(model.inputs, boxes):
+        values[str(id(tensor))] = b
+    for layer, in_ids, out_ids in _nodes(model):
+        inputs = [values[i] for i in in_ids]
+        if layer is until:
+            return inputs[0] if len(inputs) == 1 else inputs
+        result = _apply(layer, inputs if len(inputs) > 1 else inputs[0], training,
+                        logits and layer in last_layers)
+        if len(out_ids) != 1:
+            raise UnsupportedLayerError(f"Layer {layer.name!r} has {len(out_ids)} outputs; IBP needs one.")
+        values[out_ids[0]] = result
+    outputs = [values[str(id(t))] for t in model.outputs]
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _check_epsilon(epsilon):
+    if tf.is_tensor(epsilon):
+        return epsilon
+    value = np.asarray(epsilon, dtype=np.float32)
+    if not np.all(np.isfinite(value)) or np.any(value < 0):
+        raise ValueError(
+            f"`epsilon` must be finite and >= 0 (the L-inf radius in input units, e.g. 2/255), "
+            f"got {epsilon!r}."
+        )
+    return value
+
+
+def input_box(x, epsilon, clip=(0.0, 1.0)):
+    """The input `Interval`: `[x - epsilon, x + epsilon]`, both ends clipped to `clip`.
+
+    `epsilon` is a number, or an array broadcastable to `x` (e.g. shape `(batch, 1, 1, 1)` for
+    one radius per sample). Clipping both ends keeps `lower <= upper` even for an `x` outside
+    `clip`.
+
+    # Raises
+    ValueError: for a negative or non-finite `epsilon`, or a `clip` with `lo > hi`.
+    """
+    epsilon = _check_epsilon(epsilon)
+    x = tf.convert_to_tensor(x, tf.float32)
+    epsilon = tf.cast(epsilon, x.dtype)
+    lower, upper = x - epsilon, x + epsilon
+    if clip is not None:
+        lo, hi = (float(c) for c in clip)
+        if not lo <= hi:
+            raise ValueError(f"`clip` must be (lo, hi) with lo <= hi, got {clip!r}; None for no clipping.")
+        lower, upper = tf.clip_by_value(lower, lo, hi), tf.clip_by_value(upper, lo, hi)
+    return Interval(lower, upper)
+
+
+def interval_bounds(model, x, epsilon, clip=(0.0, 1.0), training=False):
+    r"""Elementwise lower and upper bounds of a model's logits over an L-inf input box.
+
+    \\[
+    l \le f(x') \le u \quad \forall x':\ \|x' - x\|_\infty \le \epsilon,\ c_0 \le x' \le c_1
+    \\]
+
+    by interval bound propagation. If the model ends in a softmax, the bounds are of the
+    pre-softmax logits. Differentiable: use it inside a training step (the sign of an interval
+    endpoint passes the gradient of the quantizer's straight-through estimator).
+
+    # Arguments
+    model: a Keras model of supported layers (see the module docstring).
+    x: input batch in the model's input units.
+    epsilon: the L-inf radius, >= 0: a number or an array broadcastable to `x`.
+    clip: `(lo, hi)` valid input range the box is clipped to, or None.
+    training: BatchNormalization with batch statistics of the box centres (IBP training).
+
+    # Returns
+    `(lower, upper)` tensors of the logits' shape.
+
+    # Raises
+    ValueError: for a negative `epsilon`.
+    UnsupportedLayerError: naming a layer that cannot be bounded.
+
+    # References
+    - S. Gowal et al. On the Effectiveness of Interval Bound Propagation for Training
+      Verifiably Robust Models. arXiv:1810.12715, 2018, eq. 6.
+    """
+    out = propagate(model, input_box(x, epsilon, clip), training=training)
+    if isinstance(out, list):
+        raise ValueError(f"Model {model.name!r} has several outputs; interval_bounds needs one.")
+    return out.lower, out.upper
+
+
+def _final_linear(model):
+    """The model's last Dense (with an optional softmax after it or as its activation), or None."""
+    if isinstance(model, tf.keras.Sequential) or getattr(model, "_is_graph_network", False):
+        outs = _output_layers(model)
+        if len(outs) != 1:
+            return None
+        layer = outs[0]
+        if _is_softmax(layer):
+            if isinstance(model, tf.keras.Sequential) or not model._is_graph_network:
+                layer = model.layers[-2] if len(model.layers) > 1 else None
+            else:
+                node = layer._inbound_nodes[-1]
+                parents = node.parent_nodes
+                layer = parents[0].layer if len(parents) == 1 else None
+        if isinstance(layer, layers.Dense) and (
+            layer.activation in (tf.keras.activations.linear, *_SOFTMAX)
+        ):
+            return layer
+    return None
+
+
+def certified_margin(model, x, y, epsilon, clip=(0.0, 1.0), training=False, fold_last=True):
+    r"""Per-sample lower bound of the logit margin $\min_{j \ne y}(z_y - z_j)$ over the box.
+
+    With `fold_last=True` (default) and a model ending in a Dense layer, the margin is bounded
+    through that layer directly: the interval $[l, u]$ of its input $h$ gives
+    $\underline{m}_j = (w_y - w_j)^\top \mu - |w_y - w_j|^\top r + b_y - b_j$, as IBP papers do
+    (Gowal et al., sec. 3, "elision of the last layer"); this is never looser than
+    $l_y - \max_{j \ne y} u_j$, which is used otherwise.
+
+    # Arguments
+    model, x, epsilon, clip, training: as `interval_bounds`.
+    y: integer labels, shape `(batch,)`.
+    fold_last: fold the last Dense layer into the margin.
+
+    # Returns
+    A float tensor `(batch,)`; a sample is verified where it is > 0.
+    """
+    y = tf.convert_to_tensor(np.asarray(y) if not tf.is_tensor(y) else y)
+    y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+    box = input_box(x, epsilon, clip)
+    head = _final_linear(model) if fold_last else None
+    if head is None:
+        out = propagate(model, box, training=training)
+        classes = out.lower.shape[-1]
+        onehot = tf.one_hot(y, classes, dtype=out.lower.dtype)
+        lower_y = tf.reduce_sum(out.lower * onehot, axis=-1)
+        others = tf.where(onehot > 0, tf.fill(tf.shape(out.upper), -np.inf), out.upper)
+        return lower_y - tf.reduce_max(others, axis=-1)
+    h = propagate(model, box, training=training, until=head)
+    h = _quantize(head, getattr(head, "input_quantizer", None), h)
+    kernel = _read_kernel(head, "kernel")  # (in, classes)
+    classes = kernel.shape[-1]
+    w_y = tf.transpose(tf.gather(kernel, y, axis=1))  # (batch, in)
+    diff = w_y[:, :, None] - kernel[None]  # (batch, in, classes): w_y - w_j
+    margin = tf.einsum("bi,bij->bj", h.centre, diff) - tf.einsum("bi,bij->bj", h.radius, tf.abs(diff))
+    if head.use_bias:
+        margin = margin + tf.gather(head.bias, y)[:, None] - head.bias[None]
+    onehot = tf.one_hot(y, classes, dtype=margin.dtype)
+    margin = tf.where(onehot > 0, tf.fill(tf.shape(margin), np.inf), margin)
+    return tf.reduce_min(margin, axis=-1)
+
+
+def verified_accuracy(model, x, y, epsilon, clip=(0.0, 1.0), batch_size=256, fold_last=True):
+    """Fraction of samples whose certified margin (`certified_margin`) is positive: no input
+    in the L-inf box of radius `epsilon` (clipped to `clip`) changes the prediction away from
+    the true label `y`.
+
+    # Arguments
+    model, x, y, epsilon, clip, fold_last: as `certified_margin`.
+    batch_size: samples per bound pass.
+
+    # Returns
+    A Python float in [0, 1].
+    """
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y).reshape(-1)
+    if len(x) != len(y):
+        raise ValueError(f"`x` and `y` differ in length: {len(x)} vs {len(y)}.")
+    if len(x) == 0:
+        raise ValueError("verified_accuracy needs at least one sample.")
+    verified = 0
+    for start in range(0, len(x), batch_size):
+        margin = certified_margin(model, x[start:start + batch_size], y[start:start + batch_size],
+                                  epsilon, clip, fold_last=fold_last)
+        verified += int(tf.reduce_sum(tf.cast(margin > 0, tf.int32)))
+    return verified / len(x)
