@@ -304,7 +304,8 @@ def _check_epsilon(epsilon, robust):
         try:
             lo, hi = (float(v) for v in epsilon)
         except (TypeError, ValueError):
-            raise TypeError(f"`epsilon` must be a number or a (lo, hi) pair, got {epsilon!r}.") from None
+            raise TypeError(
+                f"`epsilon` must be a number or a (lo, hi) pair, got {epsilon!r}.") from None
         if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
             raise ValueError(
                 f"`epsilon` range must be finite with 0 <= lo <= hi, got {epsilon!r}."
@@ -663,9 +664,10 @@ class GMRobustModel(tf.keras.Model):
                 out = self.model(x, training=True)
                 clean = self._mean(_sample_ce(y, out, self._from_logits), sample_weight)
                 # Warm-up: clean loss only, and the robust passes are not even run.
+                weights = tf.constant(self.gm_weights, tf.float32)
                 robust = tf.cond(
                     warm, lambda: tf.constant(0.0),
-                    lambda: tf.reduce_sum(tf.constant(self.gm_weights, tf.float32) * self.sub_losses(
+                    lambda: tf.reduce_sum(weights * self.sub_losses(
                         x, y, ramp, sample_weight, training=True, seed=seed)))
                 kappa = tf.where(warm, 1.0, kappa)
                 penalty = self.penalty()

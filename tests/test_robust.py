@@ -345,6 +345,9 @@ def test_config_round_trip_and_inner_model_saves(batch, tmp_path):
     np.testing.assert_allclose(clone.gm_weights, gm.gm_weights)
     gm.compile("adam", run_eagerly=True)  # the graph path is covered by the one-step tests
     gm.fit(x, y, batch_size=6, epochs=1, verbose=0)
+    logs = gm.evaluate(x, y, batch_size=6, verbose=0, return_dict=True)  # final eps and kappa
+    assert logs["epsilon"] == pytest.approx(0.1) and logs["kappa"] == pytest.approx(0.4)
+    assert all(np.isfinite(v) for v in logs.values())
     path = os.path.join(str(tmp_path), "inner.h5")
     gm.model.save(path)
     loaded = tf.keras.models.load_model(path)
