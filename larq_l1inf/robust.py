@@ -356,8 +356,9 @@ class GMRobustModel(tf.keras.Model):
     upper end for a noise range) and `kappa` ($\kappa_t$), each averaged over the epoch, and
     the compiled metrics on the clean outputs. `evaluate` computes the same at the final
     `epsilon` and `kappa` with the model in inference mode. `predict` and `call` run the
-    wrapped model. Save, convert or deploy `gm_model.model` (an ordinary larq/Keras model);
-    `get_config` / `from_config` rebuild the wrapper around it.
+    wrapped model. Save, convert or deploy `gm_model.model` (an ordinary larq/Keras model, any
+    format); the wrapper itself saves in Keras' native format (`gm_model.save("gm.keras")`,
+    through `get_config` / `from_config`), not as a TF SavedModel directory.
 
     !!! example
         ```python

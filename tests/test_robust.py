@@ -353,3 +353,9 @@ def test_config_round_trip_and_inner_model_saves(batch, tmp_path):
     loaded = tf.keras.models.load_model(path)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), gm.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
+    path = os.path.join(str(tmp_path), "gm.keras")  # the wrapper itself: Keras' native format
+    gm.save(path)
+    loaded = tf.keras.models.load_model(path)
+    assert isinstance(loaded, GMRobustModel) and loaded.robustness_size == 3
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), gm.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
