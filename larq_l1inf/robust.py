@@ -32,7 +32,7 @@ float layers only, and a BNN's sign activations would fall back to IBP anyway.
 - Z. Liang, T. Wu, W. Liu, B. Xue, W. Yang, J. Wang, Z. Pang. Towards robust neural networks
   via a global and monotonically decreasing robustness training strategy. Frontiers of
   Information Technology & Electronic Engineering, 2023 (doi:10.1631/FITEE.2300059),
-  eq. 15-16 and 18-21, section 4.3.
+  eq. 15-16 and 18-20, section 4.3.
 - S. Gowal et al. On the Effectiveness of Interval Bound Propagation for Training Verifiably
   Robust Models. arXiv:1810.12715, 2018.
 - A. Madry et al. Towards Deep Learning Models Resistant to Adversarial Attacks. ICLR 2018.
@@ -155,6 +155,7 @@ def gm_weights(robustness_size, weighting="1/sqrt"):
             "fig. 4a) found increasing weights no better than random ones. Use a decreasing "
             "weighting such as '1/sqrt' unless this is an ablation.", raw.tolist(),
         )
+    # Paper silent beyond "c_i proportional to": sum 1, so "constant" is eq. 19 and N = 1 eq. 15.
     return raw / raw.sum()
 
 
@@ -275,6 +276,7 @@ def pgd_perturbation(model, x, y, epsilon, step_size=None, iterations=7, random_
     for _ in range(int(iterations)):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
+            # Inference mode, as attacks.pgd: the attack must not move batch-norm statistics.
             loss = tf.reduce_sum(_sample_ce(y, model(x_adv, training=False), from_logits))
         grad = tape.gradient(loss, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         x_adv = tf.clip_by_value(x_adv + step * tf.sign(grad), x - eps, x + eps)
@@ -539,6 +541,7 @@ class GMRobustModel(tf.keras.Model):
         else:
             ramp = tf.cast(step >= warm, tf.float32)
         if self.ramp_kappa:
+            # Paper silent; its CROWN-IBP recipe ramps kappa from 1 with epsilon (final 0.5).
             kappa = 1.0 - ramp * (1.0 - self.kappa)
         else:
             kappa = tf.where(step >= warm, self.kappa, 1.0)
