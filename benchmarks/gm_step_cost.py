@@ -1,0 +1,158 @@
+"""Cost of one GM robust training step relative to a plain step, interleaved in one run.
+
+Compared on one small BNN (Fashion-MNIST-sized input), same batch, same optimizer: a plain
+training step (`model.fit`'s step on the compiled model, cross-entropy + its L1,inf penalty)
+and `GMRobustModel` steps with `N` sub-perturbations for each robust term asked for (IBP by
+default, also Algorithm 1 noise and PGD on request). Each repeat times `--steps` steps of
+every configuration in a shuffled order; the figure is the median over repeats of the mean
+step time, reported as a ratio to the plain step. The target for the IBP term is
+`ratio <= N + 1.5`: the N sub-perturbations go through IBP as one batch of N * B boxes.
+
+    python benchmarks/gm_step_cost.py --ns 1 2 4 --terms ibp noise --repeats 5
+
+The model: float 3x3 stem (16 channels), batch norm, two binary 3x3 convolutions (32 and 64
+channels, the second strided; `ste_sign` inputs and kernels, `weight_clip`,
+`L1InfRegularizer`), batch norm after each, global average pooling, float Dense head. Data
+are random tensors held in memory (the input pipeline is not measured). Adam, as the IBP /
+CROWN-IBP recipes the GM paper builds on use.
+"""
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _common import write_json  # noqa: E402
+
+import larq_l1inf  # noqa: E402,I001  (first: Keras 2 before larq imports TF)
+import larq as lq  # noqa: E402
+
+from larq_l1inf._keras import tf  # noqa: E402
+from larq_l1inf.robust import ROBUST_TERMS, GMRobustModel  # noqa: E402
+
+BINARY = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+              kernel_constraint="weight_clip", use_bias=False)
+
+
+def small_bnn(input_shape=(28, 28, 1), num_classes=10):
+    inp = tf.keras.Input(input_shape)
+    x = tf.keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(inp)
+    x = tf.keras.layers.BatchNormalization()(x)
+    x = lq.layers.QuantConv2D(32, 3, padding="same", pad_values=1.0,
+                              kernel_regularizer=larq_l1inf.L1InfRegularizer(), **BINARY)(x)
+    x = tf.keras.layers.BatchNormalization()(x)
+    x = lq.layers.QuantConv2D(64, 3, strides=2, padding="same", pad_values=1.0,
+                              kernel_regularizer=larq_l1inf.L1InfRegularizer(), **BINARY)(x)
+    x = tf.keras.layers.BatchNormalization()(x)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    return tf.keras.Model(inp, tf.keras.layers.Dense(num_classes)(x), name="small_bnn")
+
+
+def build(name, args):
+    model = small_bnn((args.size, args.size, 1))
+    if name == "plain":
+        model.compile(tf.keras.optimizers.Adam(1e-3),
+                      tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+    term, n = name.split("-N")
+    gm = GMRobustModel(model, epsilon=args.epsilon, robust=term, robustness_size=int(n),
+                       pgd_iterations=args.pgd_iterations, seed=args.seed)
+    gm.compile(tf.keras.optimizers.Adam(1e-3))
+    return gm
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--size", type=int, default=28, help="input height = width")
+    p.add_argument("--ns", type=int, nargs="+", default=[1, 2, 4], help="robustness sizes N")
+    p.add_argument("--terms", nargs="+", default=["ibp"], choices=list(ROBUST_TERMS))
+    p.add_argument("--epsilon", type=float, default=0.1)
+    p.add_argument("--pgd-iterations", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per config per repeat")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after tracing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="docs/measurements/gm_step_cost.json")
+    args = p.parse_args(argv)
+    if min(args.batch, args.size, args.steps, args.repeats, *args.ns) < 1:
+        p.error("--batch, --size, --steps, --repeats and every N must be >= 1")
+
+    tf.keras.utils.set_random_seed(args.seed)
+    shape = (args.size, args.size, 1)
+    x = tf.constant(np.random.RandomState(args.seed).rand(args.batch, *shape), tf.float32)
+    y = tf.constant(np.random.RandomState(args.seed + 1).randint(0, 10, args.batch))
+    data = tf.data.Dataset.from_tensors((x, y)).repeat()
+    configs = ["plain"] + [f"{t}-N{n}" for t in args.terms for n in args.ns]
+
+    runners = {}
+    for c in configs:
+        t0 = time.perf_counter()
+        model = build(c, args)
+        step = model.make_train_function()
+        it = iter(data)
+        for _ in range(1 + args.warmup):  # first call traces
+            logs = step(it)
+        float(logs["loss"])
+        runners[c] = (step, it)
+        print(f"built+traced {c:10s} in {time.perf_counter() - t0:6.1f}s", flush=True)
+
+    times = {c: [] for c in configs}
+    rng = np.random.RandomState(args.seed)
+    for r in range(args.repeats):
+        for c in rng.permutation(configs):
+            step, it = runners[c]
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                logs = step(it)
+            loss = float(logs["loss"])  # waits for the last step
+            if not math.isfinite(loss):
+                raise RuntimeError(f"{c}: non-finite loss {loss}")
+            times[c].append((time.perf_counter() - t0) / args.steps)
+        print(f"repeat {r + 1}/{args.repeats}: " + "  ".join(
+            f"{c}={times[c][-1] * 1e3:.1f}ms" for c in configs), flush=True)
+
+    base = float(np.median(times["plain"]))
+    results = {}
+    for c in configs:
+        med = float(np.median(times[c]))
+        n = None if c == "plain" else int(c.split("-N")[1])
+        results[c] = {
+            "seconds_per_step_median": med,
+            "seconds_per_step_all": times[c],
+            "ratio_to_plain": med / base,
+            "bound": None if n is None else n + 1.5,
+            "within_bound": None if n is None else med / base <= n + 1.5,
+        }
+    report = {
+        "benchmark": "gm_step_cost",
+        "command": "python benchmarks/gm_step_cost.py " + " ".join(argv or sys.argv[1:]),
+        "config": {**vars(args), "configs": configs,
+                   "model": "float stem 16 + binary convs 32, 64/2 + BN + GAP + Dense 10, "
+                            "L1InfRegularizer on the binary kernels"},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "tensorflow": tf.__version__, "loadavg_at_end": os.getloadavg(),
+                    "note": "2 cores shared with up to 8 concurrent jobs; ratios are measured "
+                            "side by side, interleaved, in one run"},
+        "results": results,
+        "counted": "one full training step (forward, loss, backward, Adam update) via "
+                   "Model.make_train_function; GM steps include the clean pass, the robust "
+                   "pass over N * B tiled samples, and the penalty",
+    }
+    write_json(report, args.out)
+    print(f"\n{'config':10s} {'ms/step':>8s} {'ratio':>7s} {'bound':>6s}")
+    for c in configs:
+        r = results[c]
+        bound = "" if r["bound"] is None else f"{r['bound']:6.1f}"
+        print(f"{c:10s} {r['seconds_per_step_median'] * 1e3:8.1f} {r['ratio_to_plain']:7.2f} "
+              f"{bound}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
