@@ -39,7 +39,7 @@ def main():
     tf.keras.utils.set_random_seed(0)
     model = build_demo_model((args.size, args.size, 3), width=args.width)
     flatbuffer = deploy.convert(
-        model, binarized="raise", batch_size=None if args.tflite_batch == 1 else args.tflite_batch
+        model, on_failure="raise", batch_size=None if args.tflite_batch == 1 else args.tflite_batch
     )
     tflite = deploy.TFLiteModel(flatbuffer, num_threads=args.threads)
     x = np.random.default_rng(0).random((args.n, args.size, args.size, 3)).astype(np.float32)

@@ -11,7 +11,19 @@ from larq_l1inf._keras import ensure_legacy_keras as _ensure_legacy_keras
 _ensure_legacy_keras()
 
 # Modules that register Keras objects load eagerly, so saved models load without custom_objects.
-from larq_l1inf import baselines, kernels, lcr, noise, regularizers, variants  # noqa: E402
+from larq_l1inf import (  # noqa: E402
+    baselines,
+    callbacks,
+    kernels,
+    layers,
+    lcr,
+    mbn,
+    noise,
+    quantizers,
+    regularizers,
+    robust,
+    variants,
+)
 from larq_l1inf.baselines import (  # noqa: E402
     AbsumRegularizer,
     L1Regularizer,
@@ -19,6 +31,7 @@ from larq_l1inf.baselines import (  # noqa: E402
 )
 from larq_l1inf.callbacks import L1InfCallback  # noqa: E402
 from larq_l1inf.lcr import LCRModel  # noqa: E402
+from larq_l1inf.robust import GMRobustModel  # noqa: E402
 from larq_l1inf.noise import InputNoise, environmental_noise  # noqa: E402
 from larq_l1inf.regularizers import (  # noqa: E402
     KernelPenalty,
@@ -30,11 +43,13 @@ from larq_l1inf.regularizers import (  # noqa: E402
 
 # Heavier modules (LCE, matplotlib, TFDS) load on first use: `larq_l1inf.deploy.convert(...)`.
 _LAZY_MODULES = (
-    "attacks", "backbones", "bounds", "cli", "data", "deploy", "evaluation", "flatbuffer",
+    "attacks", "backbones", "bops", "bounds", "cli", "data", "deploy", "evaluation", "flatbuffer",
+    "ibp", "plots", "training", "utils",
 )
 
 __all__ = [
     "AbsumRegularizer",
+    "GMRobustModel",
     "InputNoise",
     "KernelPenalty",
     "L1InfCallback",
@@ -44,13 +59,18 @@ __all__ = [
     "SpectralNormRegularizer",
     "attach",
     "baselines",
+    "callbacks",
     "environmental_noise",
     "kernels",
     "l1inf_norm",
+    "layers",
     "lcr",
+    "mbn",
     "noise",
     "penalty",
+    "quantizers",
     "regularizers",
+    "robust",
     "variants",
 ]
 

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from larq_l1inf._keras import tf
-from larq_l1inf.utils import renamed_arguments, resolve_verbose
+from larq_l1inf.utils import ends_in_softmax, renamed_arguments, resolve_verbose
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +36,9 @@ def _labels(y, n):
     return y
 
 
-def _outputs_probabilities(model):
-    """Whether the model ends in a softmax (probabilities) rather than logits."""
-    last = model.layers[-1] if getattr(model, "layers", None) else None
-    if isinstance(last, tf.keras.layers.Softmax):
-        return True
-    activation = getattr(last, "activation", None)
-    return activation is tf.keras.activations.softmax or getattr(
-        activation, "__name__", ""
-    ) == "softmax"
-
-
 def _loss_fn(model, from_logits):
     if from_logits is None:
-        from_logits = not _outputs_probabilities(model)
+        from_logits = not ends_in_softmax(model)
     ce = tf.keras.losses.SparseCategoricalCrossentropy(
         from_logits=from_logits, reduction=tf.keras.losses.Reduction.NONE
     )

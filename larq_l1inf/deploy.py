@@ -31,6 +31,7 @@ from larq_l1inf.flatbuffer import (
     binarization_problems,
     check_binarized,
     check_flatbuffer,
+    deployment_issues,
     op_counts,
     op_list,
 )
@@ -222,7 +223,9 @@ def convert(model, *, in_process=False, batch_size=None, timeout=DEFAULT_TIMEOUT
     The flatbuffer, as `bytes`.
 
     # Raises
-    ConversionError: when the converter raises, crashes or times out.
+    ConversionError: when the converter raises, crashes or times out, or (unless
+        `on_failure="ignore"`) when a quantizer reports a `deployment_issue` (CycleBNN above
+        1 bit: convert the trained model, whose schedule leaves plain sign).
     BinarizationError: with `on_failure="raise"`, see `check_binarized`.
     TypeError, ValueError: for a model that is not a built Keras model.
     """
@@ -233,6 +236,13 @@ def convert(model, *, in_process=False, batch_size=None, timeout=DEFAULT_TIMEOUT
         on_failure = binarized
     if on_failure not in ("warn", "raise", "ignore"):
         raise ValueError(f"`on_failure` must be 'warn', 'raise' or 'ignore', got {on_failure!r}.")
+    issues = deployment_issues(model)
+    if issues and on_failure != "ignore":
+        raise ConversionError(
+            f"Model '{model.name}' would not run as trained after conversion: "
+            + "; ".join(f"{name}: {reason}" for name, reason in issues),
+            model_name=model.name,
+        )
     if batch_size is not None:
         if int(batch_size) < 1:
             raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size}.")

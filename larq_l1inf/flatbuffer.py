@@ -31,6 +31,7 @@ __all__ = [
     "binarization_problems",
     "check_binarized",
     "check_flatbuffer",
+    "deployment_issues",
     "diagnose",
     "op_counts",
     "op_list",
@@ -274,6 +275,26 @@ def diagnose(model):
                            "direct binary padding; zero padding needs a correction step")
         found.append(LayerDiagnosis(layer, binarizable, reasons))
     return found
+
+
+def deployment_issues(model):
+    """Quantizers of a model that say a converted model would not reproduce Keras.
+
+    A quantizer may define `deployment_issue()`, returning None or the reason (CycleBNN's
+    `CyclicSign` does while it is above 1 bit: Keras and LCE break its rounding ties
+    differently). `larq_l1inf.deploy.convert` refuses such a model.
+
+    # Returns
+    A list of `(layer_name, reason)`.
+    """
+    issues = []
+    for layer in kernels.model_layers(model):
+        for attribute in ("input_quantizer", "kernel_quantizer", "depthwise_quantizer"):
+            check = getattr(getattr(layer, attribute, None), "deployment_issue", None)
+            reason = check() if callable(check) else None
+            if reason:
+                issues.append((layer.name, reason))
+    return issues
 
 
 def _binary_convs(diagnoses):

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "environmental_noise",
+    "seed_pair",
     "environmental_noise_loop",
     "gaussian_noise",
     "uniform_noise",
@@ -48,8 +49,8 @@ NOISE_RANGES = {
 # --------------------------------------------------------------------------- helpers
 
 
-def _seed_pair(seed):
-    """Turn `None`, an int, a pair or a shape-[2] tensor into a stateless seed tensor."""
+def seed_pair(seed):
+    """A stateless seed tensor `[2]`: turn `None`, an int, a pair or a shape-[2] tensor into a stateless seed tensor."""
     if seed is None:
         # Not reproducible on purpose: the caller asked for fresh noise.
         seed = np.random.randint(0, 2**31 - 1, size=2)
@@ -67,7 +68,7 @@ def _seed_pair(seed):
 
 def _sub_seeds(seed, n):
     """`n` independent stateless seeds derived from one seed."""
-    return tf.unstack(tf.random.experimental.stateless_split(_seed_pair(seed), num=n))
+    return tf.unstack(tf.random.experimental.stateless_split(seed_pair(seed), num=n))
 
 
 def _as_float_input(x, name="x"):
@@ -328,7 +329,7 @@ def gaussian_noise(x, sigma, seed=None):
     sigma = float(sigma)
     if sigma < 0:
         raise ValueError(f"`sigma` must be >= 0, got {sigma}.")
-    z = tf.random.stateless_normal(tf.shape(x), _seed_pair(seed), dtype=x.dtype)
+    z = tf.random.stateless_normal(tf.shape(x), seed_pair(seed), dtype=x.dtype)
     return x + sigma * z
 
 
@@ -348,7 +349,7 @@ def uniform_noise(x, epsilon, seed=None):
     if epsilon < 0:
         raise ValueError(f"`epsilon` must be >= 0, got {epsilon}.")
     u = tf.random.stateless_uniform(
-        tf.shape(x), _seed_pair(seed), minval=-epsilon, maxval=epsilon, dtype=x.dtype
+        tf.shape(x), seed_pair(seed), minval=-epsilon, maxval=epsilon, dtype=x.dtype
     )
     return x + u
 

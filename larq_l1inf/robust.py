@@ -47,6 +47,8 @@ from larq import utils as lq_utils
 
 from larq_l1inf import noise as noise_lib
 from larq_l1inf._keras import tf
+from larq_l1inf.noise import seed_pair
+from larq_l1inf.utils import ends_in_softmax
 
 log = logging.getLogger(__name__)
 
@@ -213,15 +215,6 @@ def worst_case_logits(lower, upper, y):
     return tf.where(is_true, lower, upper)
 
 
-def _seed_pair(seed):
-    """A stateless seed tensor `[2]` from an int, a pair, or None (a fresh random seed)."""
-    if seed is None:
-        seed = np.random.randint(0, 2**31 - 1, size=2)
-    if isinstance(seed, numbers.Integral):
-        seed = [int(seed), 0]
-    return tf.cast(seed, tf.int64)
-
-
 def _sample_ce(y, out, from_logits):
     """Per-sample cross-entropy (eq. 14) for sparse or one-hot targets."""
     y = tf.convert_to_tensor(y)
@@ -268,7 +261,7 @@ def pgd_perturbation(model, x, y, epsilon, step_size=None, iterations=7, random_
     step = eps / 4.0 if step_size is None else tf.cast(step_size, x.dtype)
     x_adv = x
     if random_start:
-        u = tf.random.stateless_uniform(tf.shape(x), _seed_pair(seed),
+        u = tf.random.stateless_uniform(tf.shape(x), seed_pair(seed),
                                         minval=-1.0, maxval=1.0, dtype=x.dtype)
         x_adv = x + u * eps
     if clip is not None:
@@ -283,16 +276,6 @@ def pgd_perturbation(model, x, y, epsilon, step_size=None, iterations=7, random_
         if clip is not None:
             x_adv = tf.clip_by_value(x_adv, clip[0], clip[1])
     return tf.stop_gradient(x_adv)
-
-
-def _ends_in_softmax(model):
-    """Whether a model's last layer outputs probabilities (a softmax) rather than logits."""
-    last = model.layers[-1] if getattr(model, "layers", None) else None
-    if isinstance(last, tf.keras.layers.Softmax):
-        return True
-    activation = getattr(last, "activation", None)
-    return activation is tf.keras.activations.softmax or getattr(
-        activation, "__name__", "") == "softmax"
 
 
 def _check_epsilon(epsilon, robust):
@@ -473,7 +456,7 @@ class GMRobustModel(tf.keras.Model):
         self.pgd_iterations = int(pgd_iterations)
         self.noise_kwargs = dict(noise_kwargs or {})
         self.seed = None if seed is None else int(seed)
-        self._from_logits = not _ends_in_softmax(model)
+        self._from_logits = not ends_in_softmax(model)
         self._check_model()
         self._generator = (tf.random.Generator.from_seed(self.seed) if self.seed is not None
                            else tf.random.Generator.from_non_deterministic_state())
@@ -592,7 +575,7 @@ class GMRobustModel(tf.keras.Model):
         y = tf.convert_to_tensor(y)
         n = self.robustness_size
         batch = tf.shape(x)[0]
-        seed = self._generator.make_seeds(1)[:, 0] if seed is None else _seed_pair(seed)
+        seed = self._generator.make_seeds(1)[:, 0] if seed is None else seed_pair(seed)
         if self.robust == "noise":
             tiled = tf.concat([tf.shape(x)[:1] * n, tf.shape(x)[1:]], 0)
             unit = noise_lib.environmental_noise(tf.zeros(tiled, x.dtype), self.epsilon,

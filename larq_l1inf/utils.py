@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-__all__ = ["renamed_arguments", "resolve_verbose", "to_json_value", "write_json"]
+__all__ = ["ends_in_softmax", "renamed_arguments", "resolve_verbose", "to_json_value", "write_json"]
 
 
 def to_json_value(value, where="data"):
@@ -138,3 +138,16 @@ def resolve_verbose(verbose, auto):
     if verbose not in (0, 1, 2) or isinstance(verbose, float):
         raise ValueError(f'`verbose` must be 0, 1, 2 or "auto", got {verbose!r}.')
     return int(verbose)
+
+
+def ends_in_softmax(model):
+    """Whether a model's last layer outputs probabilities (a softmax) rather than logits."""
+    from larq_l1inf._keras import tf
+
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    if isinstance(last, tf.keras.layers.Softmax):
+        return True
+    activation = getattr(last, "activation", None)
+    return activation is tf.keras.activations.softmax or getattr(
+        activation, "__name__", ""
+    ) == "softmax"

@@ -175,7 +175,7 @@ def row(variant, config, args):
             except Exception as error:  # noqa: BLE001 - a converter error is a table entry
                 raise deploy.ConversionError(f"{type(error).__name__}: {error}") from error
         else:
-            flatbuffer = deploy.convert(model, binarized="ignore", timeout=args.timeout)
+            flatbuffer = deploy.convert(model, on_failure="ignore", timeout=args.timeout)
     except deploy.ConversionError as error:
         entry.update(converts=False, error=str(error).splitlines()[0])
         entry["seconds"] = round(time.time() - start, 1)

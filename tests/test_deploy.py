@@ -180,6 +180,26 @@ class TestConvert:
             deploy.convert(model, in_process=True, binarized="yes")
 
 
+class TestDeploymentIssues:
+    """CycleBNN above 1 bit disagrees between Keras and LCE (rounding ties): refused."""
+
+    def cyclebnn(self):
+        x = tf.keras.Input((8, 8, 3))
+        y = variants.get_variant("cyclebnn").binary_conv(x, 4, 3, name="cyclic_conv")
+        return tf.keras.Model(x, y, name="cyclic")
+
+    def test_training_state_is_refused_before_converting(self):
+        model = self.cyclebnn()
+        assert [name for name, _ in flatbuffer.deployment_issues(model)] == ["cyclic_conv"] * 2
+        with pytest.raises(deploy.ConversionError, match="cyclic_conv.*bits"):
+            deploy.convert(model, in_process=True)
+
+    def test_deployed_state_has_no_issue(self):
+        model = self.cyclebnn()
+        larq_l1inf.callbacks.set_cyclic_bits(model, 0)
+        assert flatbuffer.deployment_issues(model) == []
+
+
 class TestRoundTrip:
     @pytest.mark.parametrize("fmt", ["h5", "tf"])
     def test_save_load_convert(self, converted, tmp_path, fmt):

@@ -36,7 +36,7 @@ def setup():
     model = digits_bnn()
     model.compile(tf.keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
-    flatbuffer = deploy.convert(model, in_process=True, binarized="raise")
+    flatbuffer = deploy.convert(model, in_process=True, on_failure="raise")
     return model, flatbuffer, x_test[:120], y_test[:120]
 
 

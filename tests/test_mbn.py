@@ -176,5 +176,5 @@ def test_lce_turns_every_base_pair_into_one_bconv():
         L.GlobalAveragePooling2D(),
         L.Dense(3),
     ])
-    counts = op_counts(convert(model, in_process=True, binarized="ignore"))
+    counts = op_counts(convert(model, in_process=True, on_failure="ignore"))
     assert counts.get("LceBconv2d", 0) == 3 * 2, counts

@@ -123,7 +123,7 @@ class TestPatchModel:
         model = zoo_patches.sota.QuickNetSmall(
             input_shape=(32, 32, 3), num_classes=2, weights=None, kernel_regularizer=L1InfRegularizer(5e-3),
         )
-        flatbuffer = deploy.convert(model, binarized="ignore")
+        flatbuffer = deploy.convert(model, on_failure="ignore")
         assert deploy.op_counts(flatbuffer).get("LceBconv2d", 0) == len(zoo_patches.binary_layers(model))
 
 
