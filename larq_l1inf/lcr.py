@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 from larq import utils as lq_utils
 
-from larq_l1inf.regularizers import KERNEL_ATTRIBUTES, is_binary
+from larq_l1inf import kernels
 
 __all__ = [
     "LCRModel",
@@ -266,14 +266,12 @@ def lcr_loss(student_stages, teacher_stages, beta=2.0, iterations=1):
 def _is_quantized(layer):
     """A binary layer (larq's rule), or any layer with a weight or input quantizer set: the
     part of a BNN that is not the full-precision stem or head."""
-    if is_binary(layer):
-        return True
-    names = [q for _, q, _ in KERNEL_ATTRIBUTES] + ["input_quantizer"]
-    return any(getattr(layer, name, None) is not None for name in names)
+    kernel_quantized = any(entry.quantizer is not None for entry in kernels.layer_kernels(layer))
+    return kernel_quantized or getattr(layer, "input_quantizer", None) is not None
 
 
 def _has_kernel(layer):
-    return any(getattr(layer, w, None) is not None for w, _, _ in KERNEL_ATTRIBUTES)
+    return bool(kernels.layer_kernels(layer))
 
 
 def _layer_graph(model):

@@ -44,7 +44,7 @@ import larq as lq
 import larq_l1inf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before larq imports TensorFlow)
 
 from larq_l1inf._keras import tf
-from larq_l1inf.regularizers import KERNEL_ATTRIBUTES, is_binary_quantizer
+from larq_l1inf import kernels
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +59,11 @@ __all__ = [
 ]
 
 
-def _all_layers(model):
-    seen, layers = set(), []
-    for layer in model.submodules:
-        if isinstance(layer, tf.keras.layers.Layer) and id(layer) not in seen:
-            seen.add(id(layer))
-            layers.append(layer)
-    return layers
-
-
 def binary_layers(model):
     """`(layer, weight_attr, regularizer_attr)` for every binary kernel of a model.
 
     Binary = the kernel's quantizer has `precision == 1` (and is not `NoOp`), the rule larq
-    uses (`larq_l1inf.regularizers.is_binary_quantizer`); nested models are searched too.
+    uses (`larq_l1inf.kernels.binary_kernels`); nested models are searched too.
 
     # Arguments
         model: a Keras model.
@@ -82,11 +73,11 @@ def binary_layers(model):
         `(conv, "kernel", "kernel_regularizer")`.
     """
     found = []
-    for layer in _all_layers(model):
-        for weight_attr, quantizer_attr, reg_attr in KERNEL_ATTRIBUTES:
-            quantizer = getattr(layer, quantizer_attr, None)
-            if hasattr(layer, reg_attr) and is_binary_quantizer(quantizer):
-                found.append((layer, weight_attr, reg_attr))
+    for entry in kernels.binary_kernels(model):
+        weight_attr, reg_attr = (("depthwise_kernel", "depthwise_regularizer") if entry.depthwise
+                                 else ("kernel", "kernel_regularizer"))
+        if hasattr(entry.layer, reg_attr):
+            found.append((entry.layer, weight_attr, reg_attr))
     return found
 
 
@@ -137,7 +128,7 @@ def make_loadable(model):
         List of `(layer name, attribute)` that were replaced.
     """
     replaced = []
-    for layer in _all_layers(model):
+    for layer in kernels.model_layers(model):
         for attr, value in list(vars(layer).items()):
             if not attr.endswith("_initializer") or not isinstance(value, types.FunctionType):
                 continue
