@@ -405,9 +405,13 @@ def run_train(args):
         config.validate()
     except ValueError as error:
         args.error(str(error))
+    try:  # before any file is written: a missing dataset leaves no run directory behind
+        data = training.load_data(config)
+    except (TypeError, ValueError, OSError) as error:
+        args.error(str(error))
     print(f"run directory: {out_dir}")
     try:
-        training.train(config, out_dir, resume=bool(args.resume),
+        training.train(config, out_dir, data=data, resume=bool(args.resume),
                        convert_in_process=args.convert_in_process)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: larq-l1inf train --resume {out_dir}",

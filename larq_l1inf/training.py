@@ -77,10 +77,6 @@ REGULARIZERS = ("none", "l1inf", "l1", "spectral", "absum", "lcr")
 #: trained.
 RUNTIME_KEYS = ("out_dir", "verbose", "distribute")
 
-# Noise range of the bundled digits, in pixel units ([0, 1]); measured on the demo baseline
-# (see `larq_l1inf.cli.DEMO_NOISE_RANGE`, where the measurement is recorded).
-DIGITS_EPSILON = (0.03, 0.06)
-
 
 class ConfigMismatchError(ValueError):
     """`--resume DIR` was given settings that differ from the run's saved config."""
@@ -176,7 +172,7 @@ class TrainConfig:
                 f"Unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}."
             )
         names = dataset_names()
-        if names is not None and self.dataset not in names:
+        if self.dataset not in names:
             raise ValueError(f"Unknown dataset {self.dataset!r}; choose one of {sorted(names)}.")
         if self.regularizer not in REGULARIZERS:
             raise ValueError(
@@ -263,13 +259,10 @@ def _pair(value, name):
 
 
 def dataset_names():
-    """The dataset names `larq_l1inf.data.load` knows (None when it cannot tell)."""
+    """The dataset names `larq_l1inf.data.load` knows."""
     from larq_l1inf import data
 
-    names = getattr(data, "DATASETS", None)
-    if names is None:  # before the data registry: the bundled digits only
-        return ("digits",)
-    return tuple(names)
+    return tuple(data.DATASETS)
 
 
 def load_config(path):
@@ -378,24 +371,15 @@ class ArrayData:
 
 
 def load_data(config):
-    """The dataset of a config: `larq_l1inf.data.load`, or the bundled digits before it exists.
+    """The dataset of a config: `larq_l1inf.data.load(dataset, data_dir, seed, **data_options)`.
 
     # Raises
-    ValueError: for an unknown dataset name (listing the known ones).
+    ValueError, TypeError, `larq_l1inf.data.DatasetUnavailableError`: as `data.load`.
     """
     from larq_l1inf import data
 
-    options = dict(config.data_options)
-    if hasattr(data, "load"):
-        return data.load(config.dataset, data_dir=config.data_dir, seed=config.seed, **options)
-    if config.dataset != "digits":
-        raise ValueError(f"Unknown dataset {config.dataset!r}; choose one of ['digits'].")
-    # Adapter until the data registry lands: digits as 8x8x1 unless sized otherwise.
-    size, channels = options.pop("size", 8), options.pop("channels", 1)
-    (x, y), (xt, yt) = data.load_digits(size=size, channels=channels, seed=config.seed,
-                                        **options)
-    return ArrayData((x, y), (xt, yt), name="digits", epsilon=DIGITS_EPSILON,
-                     config={"name": "digits", "size": size, "channels": channels})
+    return data.load(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                     **dict(config.data_options))
 
 
 def epoch_seed(seed, epoch):
