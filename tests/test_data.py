@@ -209,6 +209,21 @@ class TestRegistry:
         with pytest.raises(ValueError, match="batch_size"):
             d.dataset("train", 0)
 
+    def test_validation_size_holds_out_part_of_train(self):
+        full = data.load("digits", size=8, channels=1)
+        d = data.load("digits", size=8, channels=1, validation_size=100, train_size=500)
+        assert list(d.splits) == ["train", "validation", "test"]
+        assert d.splits == {"train": 500, "validation": 100, "test": 360}
+        np.testing.assert_array_equal(np.bincount(d.arrays("validation")[1]), np.full(10, 10))
+        x_full = full.arrays("train")[0].reshape(1437, -1)
+        rows = {r.tobytes() for r in x_full}
+        train = {r.tobytes() for r in d.arrays("train")[0].reshape(500, -1)}
+        held = {r.tobytes() for r in d.arrays("validation")[0].reshape(100, -1)}
+        assert train <= rows and held <= rows and not train & held
+        assert data.load(**d.config).splits == d.splits
+        with pytest.raises(ValueError, match="leaves no training data"):
+            data.load("digits", size=8, validation_size=1437)
+
     def test_augment_without_augmentation_warns(self, caplog):
         d = data.load("digits", size=8, train_size=20)
         with caplog.at_level("WARNING", logger="larq_l1inf.data"):
@@ -279,6 +294,9 @@ class TestIDX:
         np.testing.assert_allclose(x[..., 0], files["t10k"][0] / 255.0, rtol=1e-6)
         np.testing.assert_array_equal(y, files["t10k"][1])
         assert x.dtype == np.float32 and y.dtype == np.int64
+        batches = list(d.dataset("test", 7))  # same values through tf.data as through arrays
+        np.testing.assert_array_equal(np.concatenate([b.numpy() for b, _ in batches]), x)
+        np.testing.assert_array_equal(np.concatenate([t.numpy() for _, t in batches]), y)
         f = data.load("fashion_mnist", data_dir=tmp_path / "idx", size=8, channels=3,
                       train_size=20)
         assert f.class_names[0] == "T-shirt/top" and f.input_shape == (8, 8, 3)
@@ -400,6 +418,8 @@ class TestImageFolder:
         write_image_folder(tmp_path / "ok", per_class=10)
         with pytest.raises(ValueError, match="fractions"):
             data.load("image_folder", data_dir=tmp_path / "ok", fractions=(0.5, 0.5, 0.5))
+        with pytest.raises(ValueError, match="its own validation split"):
+            data.load("image_folder", data_dir=tmp_path / "ok", validation_size=3)
         with pytest.raises(ValueError, match="channels"):
             data.load("image_folder", data_dir=tmp_path / "ok", channels=2)
         write_image_folder(tmp_path / "few", per_class=3)
@@ -477,6 +497,15 @@ class TestWISDM:
         np.testing.assert_array_equal(x_test[:, 0, 0] // 1000, 1602)
         assert data.load(**d.config).splits == d.splits
 
+    def test_column_order_and_aliases(self, tmp_path):
+        rows = wisdm_rows()
+        plain = data.load("wisdm", data_dir=self.write_csv(tmp_path / "a.csv", rows), window=4)
+        shuffled = [(r[5], r[3], r[1], r[0], r[4]) for r in rows]  # z, x, activity, user, y
+        other = data.load("wisdm", window=4, data_dir=self.write_csv(
+            tmp_path / "b.csv", shuffled, header="Z-axis,x-axis,label,subject_id,y-axis"))
+        for split in ("train", "test"):
+            np.testing.assert_array_equal(plain.arrays(split)[0], other.arrays(split)[0])
+
     def test_errors(self, tmp_path, caplog):
         rows = wisdm_rows(length=6)
         with pytest.raises(ValueError, match=r"lacks the column\(s\) \['z'\].*user, activity"):
@@ -518,7 +547,8 @@ class TestMNIST1D:
         args.num_samples, args.train_split, args.seed = 150, 1.0, 3
         reference = make_dataset(args)
         both = np.concatenate([x, d.arrays("test")[0]])[..., 0]
-        ref = {tuple(np.float32(r).tolist()): int(c) for r, c in zip(reference["x"], reference["y"])}
+        ref = {tuple(np.float32(r).tolist()): int(c)
+               for r, c in zip(reference["x"], reference["y"])}
         labels = np.concatenate([y, d.arrays("test")[1]])
         assert len({tuple(r.tolist()) for r in both}) == 150
         assert all(ref[tuple(r.tolist())] == c for r, c in zip(both, labels))
@@ -531,6 +561,8 @@ class TestMNIST1D:
             data.load("mnist1d", data_dir="/tmp", train_size=10, test_size=10)
         with pytest.raises(ValueError, match="test_size"):
             data.load("mnist1d", train_size=10, test_size=-1)
+        with pytest.raises(ValueError, match="train_size = 5; pass >= 10"):
+            data.load("mnist1d", train_size=5, test_size=10)
 
 
 # --------------------------------------------------------------------------- TFDS
@@ -599,5 +631,40 @@ class TestTFDSRegistry:
     def test_not_prepared(self, tmp_path):
         with pytest.raises(data.DatasetUnavailableError, match="not prepared.*manual_dir"):
             data.load("cifar100", data_dir=str(tmp_path))
+        with pytest.raises(data.DatasetUnavailableError, match="lacks.*ILSVRC2012_img_val.tar"):
+            data.load("imagenet2012", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path))
+        assert not (tmp_path / "tfds").exists()  # nothing half-written
         with pytest.raises(TypeError, match="manual_dir"):
             data.load("cifar10", data_dir=str(tmp_path), manual_dir=str(tmp_path))
+
+    def test_imagenet_streams(self, monkeypatch):
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (h, 9, 3), dtype=np.uint8) for h in (7, 12, 9)]
+        labels = np.array([3, 1, 999])
+
+        def ragged():
+            return tf.data.Dataset.from_generator(
+                lambda: zip(images, labels),
+                output_signature=(tf.TensorSpec((None, None, 3), tf.uint8),
+                                  tf.TensorSpec((), tf.int64)))
+
+        fake_tfds(monkeypatch, {})
+        import tensorflow_datasets as tfds
+
+        monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset",
+                            lambda self, split, as_supervised, shuffle_files: ragged())
+        monkeypatch.setattr(data, "_num_examples", lambda builder, split: 3)
+        d = data.load("imagenet2012", size=8)
+        assert d.splits == {"train": 3, "test": 3} and d.input_shape == (8, 8, 3)
+        assert d.num_classes == 1000
+        with pytest.raises(ValueError, match="does not fit in memory.*dataset"):
+            d.arrays("train")
+        with pytest.raises(ValueError, match="streamed; train_size"):
+            data.load("imagenet2012", size=8, train_size=2)
+        x, y = next(iter(d.dataset("test", 3, shuffle=True, augment=True)))
+        assert x.shape == (3, 8, 8, 3) and x.dtype == tf.float32
+        assert sorted(y.numpy().tolist()) == [1, 3, 999]
+        assert 0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1
+        x, _ = next(iter(d.dataset("test", 3)))
+        expected = tf.image.resize(images[0][None].astype(np.float32), (8, 8)) / 255.0
+        np.testing.assert_allclose(x[0], expected[0], atol=1e-6)
