@@ -468,6 +468,8 @@ def register_train(subparsers):
     add("--normalize", choices=("on", "off"), help="divide each layer term by its fan-in")
     add("--alpha", choices=("layer", "channel", "none"), help="the penalty's scaling factor")
     add("--warmup-epochs", type=int, help="linear warm-up of delta over these epochs")
+    add("--log-bounds", action="store_true",
+        help="log the data-free Theorem 4.2 bound terms every epoch (slow on big models)")
     add("--noise-augment", nargs=3, metavar=("NOISE", "LO", "HI"),
         help="train with larq_l1inf.noise.InputNoise(NOISE, (LO, HI)) (training only)")
     add("--epochs", type=int, help="training epochs (default 10)")
@@ -563,31 +565,49 @@ def register_convert(subparsers):
 
 
 def run_plot(args):
-    """The `plot` command: the training curves and weight histograms of a run directory."""
-    if not os.path.exists(os.path.join(args.run_dir, "history.csv")):
-        args.error(f"{args.run_dir} has no history.csv; give a run directory of "
-                   "`larq-l1inf train`")
-    import larq_l1inf  # noqa: F401
+    """The `plot` command: the figures of one or more run directories."""
+    for run_dir in args.run_dir:
+        if not os.path.exists(os.path.join(run_dir, "config.yaml")):
+            args.error(f"{run_dir} is not a run directory of `larq-l1inf train` (no config.yaml)")
+    import larq_l1inf  # noqa: F401 - registers the custom objects for loading
+    from larq_l1inf import training
     from larq_l1inf._keras import tf
-    from larq_l1inf.training import write_plots
 
-    model = None
-    if os.path.isdir(os.path.join(args.run_dir, "model")):
-        model = tf.keras.models.load_model(os.path.join(args.run_dir, "model"), compile=False)
-    written = write_plots(args.run_dir, model)
-    if not written:
-        print("no plots written (see the warnings above)", file=sys.stderr)
-        return 1
-    for path in written:
-        print(path)
+    models, data = {}, None
+    for run_dir in args.run_dir:
+        config = training.resume_config(run_dir)
+        model = None
+        if os.path.isdir(os.path.join(run_dir, "model")):
+            model = tf.keras.models.load_model(os.path.join(run_dir, "model"), compile=False)
+            models[os.path.basename(os.path.normpath(run_dir))] = model
+        try:
+            data = training.load_data(config)
+        except (TypeError, ValueError, OSError) as error:
+            log.warning("No feature maps for %s: its dataset cannot be loaded (%s).", run_dir, error)
+            data = None
+        for path in training.write_plots(run_dir, model, data, config.epsilon, config.seed):
+            print(path)
+    if len(models) > 1 and data is not None:
+        from larq_l1inf import plots
+        from larq_l1inf.evaluation import noisy_inputs
+
+        x = data.arrays("test")[0][:1]
+        x_noisy = noisy_inputs(x, "environmental", tuple(data.epsilon), 0, 0)
+        out = args.out or "feature_maps.png"
+        print(plots.feature_maps(models, x[0], x_noisy[0], out))
     return 0
 
 
 def register_plot(subparsers):
-    """`larq-l1inf plot`: PNGs of a run directory."""
+    """`larq-l1inf plot`: PNGs of run directories."""
     parser = subparsers.add_parser(
-        "plot", help="training curves and weight histograms of a `train` run directory")
-    parser.add_argument("run_dir", help="a run directory of `larq-l1inf train`")
+        "plot", help="training curves, weight histograms and feature maps of `train` runs",
+        description="Writes training_curves.png, weight_histograms.png and feature_maps.png "
+                    "into each run directory; with several runs (e.g. with and without the "
+                    "penalty, same dataset) also one feature-map figure comparing them.")
+    parser.add_argument("run_dir", nargs="+", help="run directories of `larq-l1inf train`")
+    parser.add_argument("--out", default="",
+                        help="the comparison figure of several runs (default feature_maps.png)")
     parser.set_defaults(func=run_plot, error=parser.error)
     return parser
 

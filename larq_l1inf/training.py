@@ -14,7 +14,7 @@
       model.tflite           its LCE flatbuffer (`larq_l1inf.deploy.convert`)
       evaluation.json        clean, noisy (k draws) and optional PGD accuracy of the Keras
                              model and the flatbuffer on identical inputs
-      training_curves.png, weight_histograms.png
+      training_curves.png, weight_histograms.png, feature_maps.png   (`larq_l1inf.plots`)
 
 The optimizer is the paper's: SGD with momentum 0.9 and a cosine-decayed learning rate
 (0.1 by default). A run is reproducible from its seed: the seed fixes the initial weights
@@ -102,6 +102,8 @@ class TrainConfig:
     delta, reduction, normalize, alpha: the penalty's options (None: its class default).
         For `lcr`, `delta` is LCR's `lam`.
     warmup_epochs: epochs of linear warm-up of the penalty (`L1InfCallback`).
+    log_bounds: also log the data-free Theorem 4.2 bound terms every epoch (`L1InfCallback(
+        bounds=True)`; seconds per epoch on a ResNet-20, so off by default).
     noise_augment: `[noise, lo, hi]`: train with `larq_l1inf.noise.InputNoise(noise, (lo, hi))`
         in front of the model (training only; not part of the saved model).
     epochs, batch_size: training length and global batch size.
@@ -131,6 +133,7 @@ class TrainConfig:
     normalize: bool = None
     alpha: str = None
     warmup_epochs: int = 0
+    log_bounds: bool = False
     noise_augment: list = None
     epochs: int = 10
     batch_size: int = 64
@@ -652,7 +655,8 @@ def fit(config, data=None, *, out_dir=None, verbose=None, callbacks=(), build=No
     recipe = [ResumeSchedules(schedules)]
     if penalized_layers(model):
         # Before TensorBoard, which then logs its scalars; it also attaches product penalties.
-        recipe.append(L1InfCallback(warmup_epochs=config.warmup_epochs))
+        recipe.append(L1InfCallback(warmup_epochs=config.warmup_epochs,
+                                    bounds=bool(config.log_bounds)))
     recipe += schedules + list(callbacks) + [tf.keras.callbacks.TerminateOnNaN()]
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -893,34 +897,38 @@ def _finish(config, data, model, out_dir, plots, convert_in_process):
     write_atomic(os.path.join(out_dir, "evaluation.json"), json.dumps(evaluation, indent=2))
     history = _read_history(os.path.join(out_dir, "history.csv"))
     if plots:
-        write_plots(out_dir, model, history)
+        write_plots(out_dir, model, data, epsilon, config.seed)
     print(result.summary())
     return RunResult(out_dir, model, history, evaluation, flatbuffer)
 
 
-def write_plots(out_dir, model=None, history=None):
-    """training_curves.png (and weight_histograms.png with a model) of a run directory.
+def write_plots(out_dir, model=None, data=None, epsilon=None, seed=0):
+    """The figures of a run directory (`larq_l1inf.plots`).
+
+    training_curves.png from history.csv; with a model weight_histograms.png; with a model
+    and its data feature_maps.png (first binary conv on a clean and an Algorithm 1 noisy test
+    input at `epsilon`, default the dataset's).
 
     # Returns
     The paths written.
     """
-    try:
-        from larq_l1inf import plots
-    except ImportError:
-        log.warning("larq_l1inf.plots is not available; no plots written for %s.", out_dir)
-        return []
-    if history is None:
-        history = _read_history(os.path.join(out_dir, "history.csv"))
+    from larq_l1inf import plots
+
     written = []
-    if history:
-        path = os.path.join(out_dir, "training_curves.png")
-        plots.training_curves(history, path)
-        written.append(path)
+    history = os.path.join(out_dir, "history.csv")
+    if os.path.exists(history):
+        written.append(plots.training_curves(history, os.path.join(out_dir, "training_curves.png")))
     if model is not None:
-        path = os.path.join(out_dir, "weight_histograms.png")
-        plots.weight_histograms(model, path)
-        written.append(path)
-    return written
+        written.append(plots.weight_histograms(model, os.path.join(out_dir, "weight_histograms.png")))
+        if data is not None and plots.binary_layers(model):
+            from larq_l1inf.evaluation import noisy_inputs
+
+            x = data.arrays("test")[0][:1]
+            epsilon = tuple(epsilon if epsilon is not None else data.epsilon)
+            x_noisy = noisy_inputs(x, "environmental", epsilon, seed, 0)
+            written.append(plots.feature_maps({model.name: model}, x[0], x_noisy[0],
+                                              os.path.join(out_dir, "feature_maps.png")))
+    return [os.fspath(p) for p in written]
 
 
 def deepcopy_config(config, **changes):

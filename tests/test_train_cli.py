@@ -39,7 +39,8 @@ class TestTrain:
     def test_run_directory_holds_everything(self, run_dir):
         names = set(os.listdir(run_dir))
         assert {"config.yaml", "status.json", "checkpoints", "backup", "logs", "history.csv",
-                "model", "model.tflite", "evaluation.json"} <= names
+                "model", "model.tflite", "evaluation.json", "training_curves.png",
+                "weight_histograms.png", "feature_maps.png"} <= names
         assert not [n for n in names if n.startswith(".tmp")]  # nothing half-written
         assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -88,10 +89,17 @@ class TestTrain:
         assert (tmp_path / "m.tflite").stat().st_size == result["bytes"]
 
     def test_plot_writes_the_run_figures(self, run_dir, capsys):
-        pytest.importorskip("larq_l1inf.plots")
+        figures = ["training_curves.png", "weight_histograms.png", "feature_maps.png"]
+        for name in figures:  # train wrote them; plot must write them again
+            assert (run_dir / name).stat().st_size > 0
+            (run_dir / name).unlink()
         assert cli.main(["plot", str(run_dir)]) == 0
-        assert (run_dir / "training_curves.png").stat().st_size > 0
-        assert (run_dir / "weight_histograms.png").stat().st_size > 0
+        for name in figures:
+            assert (run_dir / name).stat().st_size > 0
+
+    def test_plot_of_a_directory_without_a_run(self, tmp_path, capsys):
+        code, error = exit_code_and_error(["plot", str(tmp_path)], capsys)
+        assert code == 2 and "not a run directory" in error
 
 
 class TestBadInputs:
