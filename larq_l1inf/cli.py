@@ -422,7 +422,7 @@ def run_train(args):
               f"Its checkpoints are in {out_dir}; fix the cause and continue with "
               f"`larq-l1inf train --resume {out_dir}`.", file=sys.stderr)
         return 1
-    print(f"finished: {out_dir} (model/, model.tflite, evaluation.json, history.csv, logs/)")
+    print(f"finished: {out_dir} ({', '.join(sorted(os.listdir(out_dir)))})")
     return 0
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "load_config",
     "load_data",
     "make_regularizer",
+    "read_history",
     "save_config",
     "train",
     "train_dataset",
@@ -297,6 +298,8 @@ def save_config(config, path):
 
 def config_differences(saved, given):
     """`{key: (saved, given)}` for every non-runtime setting of `given` that differs."""
+    # A setting missing from an older config.yaml has its default value.
+    saved = {**TrainConfig().to_dict(), **saved}
     out = {}
     for key, value in given.items():
         if key in RUNTIME_KEYS:
@@ -671,7 +674,9 @@ def fit(config, data=None, *, out_dir=None, verbose=None, callbacks=(), build=No
             tf.keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup"),
                                                 delete_checkpoint=False),
         ]
-    if initial_epoch:
+    if initial_epoch >= config.epochs:
+        log.warning("%s: all %d epochs are trained; nothing left to fit.", out_dir, config.epochs)
+    elif initial_epoch:
         log.warning("Resuming %s at epoch %d of %d.", out_dir, initial_epoch + 1, config.epochs)
     history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps,
                         initial_epoch=initial_epoch, callbacks=recipe, verbose=verbose)
@@ -766,20 +771,26 @@ def _set_status(out_dir, state, **extra):
                             indent=2))
 
 
-def _read_history(path):
+def read_history(path):
+    """A run's history.csv as `{metric: [per-epoch floats]}`.
+
+    `CSVLogger` adds a `val_` column of "NA" for every metric when there is no validation
+    data; those columns are dropped (an "NA" elsewhere becomes NaN).
+    """
     import csv
 
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
+    with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     history = {}
-    for row in rows:
-        for key, value in row.items():
-            try:
-                history.setdefault(key, []).append(float(value))
-            except (TypeError, ValueError):
-                history.setdefault(key, []).append(value)
+    for key in (rows[0] if rows else {}):
+        if key == "epoch":
+            continue
+        values = [row[key] for row in rows]
+        if all(v == "NA" for v in values):
+            continue
+        history[key] = [float("nan") if v == "NA" else float(v) for v in values]
     return history
 
 
@@ -895,7 +906,7 @@ def _finish(config, data, model, out_dir, plots, convert_in_process):
     if flatbuffer is not None:
         evaluation["flatbuffer"] = {"bytes": len(flatbuffer), "op_counts": deploy.op_counts(flatbuffer)}
     write_atomic(os.path.join(out_dir, "evaluation.json"), json.dumps(evaluation, indent=2))
-    history = _read_history(os.path.join(out_dir, "history.csv"))
+    history = read_history(os.path.join(out_dir, "history.csv"))
     if plots:
         write_plots(out_dir, model, data, epsilon, config.seed)
     print(result.summary())
@@ -915,8 +926,8 @@ def write_plots(out_dir, model=None, data=None, epsilon=None, seed=0):
     from larq_l1inf import plots
 
     written = []
-    history = os.path.join(out_dir, "history.csv")
-    if os.path.exists(history):
+    history = read_history(os.path.join(out_dir, "history.csv"))
+    if history:
         written.append(plots.training_curves(history, os.path.join(out_dir, "training_curves.png")))
     if model is not None:
         written.append(plots.weight_histograms(model, os.path.join(out_dir, "weight_histograms.png")))

@@ -206,6 +206,12 @@ class TestConfig:
         with pytest.raises(FileNotFoundError, match="not a run directory"):
             training.resume_config(str(tmp_path / "missing"))
 
+    def test_settings_missing_from_an_older_config_take_their_defaults(self):
+        saved = tiny_config().to_dict()
+        del saved["log_bounds"]
+        assert training.config_differences(saved, tiny_config().to_dict()) == {}
+        assert "log_bounds" in training.config_differences(saved, {"log_bounds": True})
+
 
 def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "evaluation.json"
@@ -244,3 +250,11 @@ def test_demo_net_is_a_registered_backbone_and_the_old_builder_warns():
     assert len(larq_l1inf.regularizers.penalized_layers(old)) == 4
     with pytest.raises(ValueError, match="divisible by 4"):
         backbones.demo_net(input_shape=(10, 10, 1))
+
+
+def test_history_csv_without_validation_reads_as_numbers(tmp_path):
+    # CSVLogger writes a val_ column of "NA" per metric when there is no validation data.
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,accuracy,loss,val_accuracy,val_loss\n0,0.5,1.5,NA,NA\n1,0.75,1.0,NA,NA\n")
+    assert training.read_history(str(path)) == {"accuracy": [0.5, 0.75], "loss": [1.5, 1.0]}
+    assert training.read_history(str(tmp_path / "missing.csv")) == {}
