@@ -90,6 +90,14 @@ class ConfigMismatchError(ValueError):
 class TrainConfig:
     """Every setting of one training run, as plain values (written to the run's config.yaml).
 
+    !!! example
+        ```python
+        from larq_l1inf.training import TrainConfig
+        config = TrainConfig(backbone="resnet20", variant="irnet", regularizer="l1inf",
+                             dataset="fashion_mnist", epochs=30).validate()
+        paired = TrainConfig(**{**config.to_dict(), "regularizer": "none"})
+        ```
+
     # Arguments
     variant: a `larq_l1inf.variants.VARIANTS` name (`bnn`, `xnor`, `irnet`, ...).
     variant_options: the variant's options, e.g. `{"a_bits": 2}` for DoReFa.
@@ -331,6 +339,16 @@ def write_atomic(path, content):
 
 class ArrayData:
     """In-memory arrays behind the interface of `larq_l1inf.data.Data` (train on your own arrays).
+
+    !!! example
+        ```python
+        import numpy as np
+        from larq_l1inf.training import ArrayData
+        rng = np.random.default_rng(0)
+        data = ArrayData((rng.random((64, 8, 8, 1)), rng.integers(0, 3, 64)),
+                         (rng.random((16, 8, 8, 1)), rng.integers(0, 3, 16)),
+                         epsilon=(0.05, 0.1), num_classes=3)
+        ```
 
     # Arguments
     train, test: `(x, y)` pairs: float inputs in the model's units (channels last) and int labels.
