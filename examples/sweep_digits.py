@@ -1,9 +1,9 @@
 """Accuracy vs Algorithm 1 noise level: a small BNN trained with and without the L1,inf
 penalty on scikit-learn's digits (offline), plotted with `larq_l1inf.evaluation.sweep`.
 
-Both models: `larq_l1inf.cli.build_demo_model` (float stem, four binary convolutions,
-float head), same seed, same batches, SGD momentum 0.9 with cosine decay (the paper's
-optimizer). The penalty model adds `L1InfRegularizer(delta, reduction="log")` to its binary
+Both models: `larq_l1inf.backbones.demo_net` (float stem, four binary convolutions,
+float head) trained by the one recipe (`larq_l1inf.training.fit`): same seed, same initial
+weights and batches, SGD momentum 0.9 with cosine decay (the paper's optimizer). The penalty model adds `L1InfRegularizer(delta, reduction="log")` to its binary
 convolutions. Every noise level L means epsilon ~ U[L/2, L] (Algorithm 1, default P), 3
 draws per level, identical noisy images for both models. A brief training run on a toy
 task: it shows the tool, it is not a reproduction of the paper's tables.
@@ -14,29 +14,22 @@ task: it shows the tool, it is not a reproduction of the paper's tables.
 
 import argparse
 import json
-import math
 import os
 import time
 
-from larq_l1inf import L1InfRegularizer, evaluation
-from larq_l1inf._keras import tf
-from larq_l1inf.cli import build_demo_model
-from larq_l1inf.data import load_digits
+import larq_l1inf  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loads
+from larq_l1inf import data as data_lib
+from larq_l1inf import evaluation, training
 
 
-def train(name, regularizer, data, args):
-    (x_train, y_train), _ = data
-    tf.keras.utils.set_random_seed(args.seed)
-    model = build_demo_model(x_train.shape[1:], width=args.width, regularizer=regularizer,
-                             name=name)
-    steps = args.epochs * math.ceil(len(x_train) / args.batch_size)
-    model.compile(
-        tf.keras.optimizers.SGD(tf.keras.optimizers.schedules.CosineDecay(args.lr, steps),
-                                momentum=0.9),
-        "sparse_categorical_crossentropy", metrics=["accuracy"],
+def train(name, penalty, data, args):
+    config = training.TrainConfig(
+        backbone="demo", width=args.width, dataset="digits", epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        **(dict(regularizer="l1inf", delta=args.delta, reduction="log") if penalty else {}),
     )
     t = time.perf_counter()
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=2)
+    model, _ = training.fit(config, data, verbose=2)
     print(f"[{name}] trained in {time.perf_counter() - t:.0f} s")
     return model
 
@@ -56,13 +49,12 @@ def main():
     p.add_argument("--out-dir", default="docs")
     args = p.parse_args()
 
-    data = load_digits(size=args.size, channels=3, seed=args.seed)
+    data = data_lib.load("digits", size=args.size, channels=3, seed=args.seed)
     models = {
-        "baseline": train("baseline", None, data, args),
-        f"L1,inf (log, delta={args.delta:g})": train(
-            "l1inf", L1InfRegularizer(delta=args.delta, reduction="log"), data, args),
+        "baseline": train("baseline", False, data, args),
+        f"L1,inf (log, delta={args.delta:g})": train("l1inf", True, data, args),
     }
-    _, (x_test, y_test) = data
+    x_test, y_test = data.arrays("test")
     levels = [(0.5 * v, v) for v in args.levels]
     rows = evaluation.sweep(
         models, x_test, y_test, levels, draws=args.draws, seed=args.seed,

@@ -1,8 +1,9 @@
 """Measure which reduction / delta of L1InfRegularizer to make the default.
 
-Trains the demo's residual BNN (`larq_l1inf.cli.build_demo_model`) on scikit-learn's digits
-with SGD (momentum 0.9, cosine lr, as the paper) for every setting below and each seed, with
-identical initial weights and batches per seed, then evaluates clean accuracy and accuracy
+Trains the demo's residual BNN (`larq_l1inf.backbones.demo_net`) on scikit-learn's digits
+with the one training recipe (`larq_l1inf.training.fit`: SGD momentum 0.9, cosine lr, as the
+paper) for every setting below and each seed, with identical initial weights and batches per
+seed, then evaluates clean accuracy and accuracy
 under Algorithm 1 noise at several ranges (mean over noise draws). Writes JSON and prints a
 table of mean +- std over seeds.
 
@@ -12,17 +13,14 @@ table of mean +- std over seeds.
 
 import argparse
 import json
-import math
 import os
 import time
 
 import numpy as np
 
-import larq_l1inf
-from larq_l1inf import L1InfRegularizer
-from larq_l1inf._keras import tf
-from larq_l1inf.cli import build_demo_model
-from larq_l1inf.data import load_digits
+import larq_l1inf  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loads
+from larq_l1inf import data as data_lib
+from larq_l1inf import training
 from larq_l1inf.noise import environmental_noise
 
 SETTINGS = {
@@ -42,23 +40,17 @@ NOISE_RANGES = [(0.05, 0.1), (0.2, 0.4), (0.4, 0.8)]
 
 
 def train_one(setting, data, args, seed):
-    (x_train, y_train), _ = data
-    tf.keras.utils.set_random_seed(seed)
-    regularizer = None if setting is None else L1InfRegularizer(**setting)
-    model = build_demo_model(x_train.shape[1:], width=args.width, regularizer=regularizer)
-    if regularizer is not None:
-        larq_l1inf.attach(model)
-    steps = args.epochs * math.ceil(len(x_train) / args.batch_size)
-    model.compile(
-        tf.keras.optimizers.SGD(tf.keras.optimizers.schedules.CosineDecay(args.lr, steps), momentum=0.9),
-        "sparse_categorical_crossentropy",
+    config = training.TrainConfig(
+        backbone="demo", variant="bnn", width=args.width, dataset="digits",
+        regularizer="none" if setting is None else "l1inf", epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=seed, **(setting or {}),
     )
-    history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0)
+    model, history = training.fit(config, data, verbose=0)
     return model, history.history["loss"]
 
 
 def evaluate(model, data, args, seed):
-    _, (x_test, y_test) = data
+    x_test, y_test = data.arrays("test")
     out = {"clean": float((model.predict(x_test, verbose=0).argmax(1) == y_test).mean())}
     for lo, hi in NOISE_RANGES:
         accs = []
@@ -83,7 +75,7 @@ def main(argv=None):
     parser.add_argument("--out", default="results/choose_default.json")
     args = parser.parse_args(argv)
 
-    data = load_digits(size=args.size, channels=args.channels)
+    data = data_lib.load("digits", size=args.size, channels=args.channels)
     runs = {}
     for name in args.settings:
         runs[name] = []

@@ -21,7 +21,16 @@ import numpy as np
 from larq_l1inf._keras import tf
 from larq_l1inf.variants import get_variant
 
-__all__ = ["BACKBONES", "NORMALIZATIONS", "conv1d_net", "resnet18", "resnet20", "resnet34", "vgg_small"]
+__all__ = [
+    "BACKBONES",
+    "NORMALIZATIONS",
+    "conv1d_net",
+    "demo_net",
+    "resnet18",
+    "resnet20",
+    "resnet34",
+    "vgg_small",
+]
 
 #: Per-channel (mean, std) of the training sets, in [0, 1] pixel units.
 NORMALIZATIONS = {
@@ -232,8 +241,68 @@ def conv1d_net(variant="bnn", num_classes=6, input_shape=(128, 3), kernel_regula
     return tf.keras.Model(inputs, _head(x, num_classes, logits), name=f"conv1d_net_{variant.name}")
 
 
+def demo_net(variant="bnn", num_classes=10, input_shape=(32, 32, 3), kernel_regularizer=None,
+             normalization=None, logits=False, width=32, name=None, **variant_options):
+    """The demo's small residual BNN: float stem, four binary 3x3 convs, a shortcut around each.
+
+    Float stem (3x3 conv, BatchNormalization, 2x2 max-pool); two binary convs at `width`
+    channels; one strided to `2 * width` (shortcut: 2x2 average pool, float 1x1 conv, BN);
+    one more at `2 * width`; each binary conv is followed by BN, added to its shortcut
+    (Bi-Real style) and passed through the variant's activation; global average pooling and a
+    float Dense classifier. With the default `"bnn"` variant LCE turns all four binary convs
+    into `LceBconv2d`. It is `larq-l1inf demo`'s model, small enough to train on a CPU.
+
+    !!! example
+        ```python
+        from larq_l1inf import L1InfRegularizer
+        from larq_l1inf.backbones import demo_net
+        model = demo_net("bnn", num_classes=10, input_shape=(16, 16, 1),
+                         kernel_regularizer=L1InfRegularizer(), width=8)
+        ```
+
+    # Arguments
+    variant: a `larq_l1inf.variants` name or a `Variant`.
+    num_classes: number of classes.
+    input_shape: `(height, width, channels)`, height and width divisible by 4.
+    kernel_regularizer: the regularizer of every binary conv (e.g. `L1InfRegularizer`).
+    normalization: dataset name in `NORMALIZATIONS`, `(mean, std)`, or None (the demo's
+        digits are used unnormalised).
+    logits: end with the Dense logits instead of a softmax.
+    width: channels of the first stage.
+    name: model name (default `demo_<variant>`).
+    variant_options: the variant's options.
+
+    # Returns
+    A `tf.keras.Model`.
+
+    # Raises
+    ValueError: for an unknown variant, a bad shape, or height/width not divisible by 4.
+    """
+    _check_common(num_classes, input_shape, 2, width)
+    if any(d is not None and d % 4 for d in input_shape[:2]):
+        raise ValueError(
+            f"demo_net needs height and width divisible by 4 (one max-pool and one strided "
+            f"conv), got input_shape {tuple(input_shape)!r}; resize the images (e.g. 8, 16, 32)."
+        )
+    variant = get_variant(variant, **variant_options)
+    layers = tf.keras.layers
+    inputs = tf.keras.Input(input_shape)
+    x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(
+        _normalize(inputs, normalization))
+    x = layers.MaxPool2D(2)(_bn(x))
+    for _ in range(2):
+        out = _bn(variant.binary_conv(x, width, 3, 1, kernel_regularizer))
+        x = variant.activation(layers.add([x, out]))
+    out = _bn(variant.binary_conv(x, 2 * width, 3, 2, kernel_regularizer))
+    x = variant.activation(layers.add([_shortcut(x, 2 * width, 2), out]))
+    out = _bn(variant.binary_conv(x, 2 * width, 3, 1, kernel_regularizer))
+    x = variant.activation(layers.add([x, out]))
+    return tf.keras.Model(inputs, _head(x, num_classes, logits), name=name or f"demo_{variant.name}")
+
+
 #: Backbone name -> builder.
 BACKBONES = {
+    "demo": demo_net,
     "resnet18": resnet18,
     "resnet34": resnet34,
     "resnet20": resnet20,

@@ -37,9 +37,10 @@ import numpy as np
 
 __all__ = [
     "COMMANDS",
-    "CommandError",
     "build_demo_model",
     "build_parser",
+    "CommandError",
+    "command_error",
     "deprecated_option",
     "existing_path",
     "load_model",
@@ -50,8 +51,11 @@ __all__ = [
     "positive_float",
     "positive_int",
     "probability",
+    "register_convert",
     "register_demo",
     "register_evaluation",
+    "register_plot",
+    "register_train",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,124 +72,87 @@ DEMO_NOISE_RANGE = (0.03, 0.06)
 
 def build_demo_model(input_shape=(32, 32, 3), width=32, num_classes=10, regularizer=None,
                      name="demo_bnn"):
-    """A small residual BNN whose binary convolutions LCE turns into `LceBconv2d`.
-
-    Float stem (3x3 conv, batch norm, 2x2 max pool), then four binary 3x3 convolutions
-    (`QuantConv2D` with `ste_sign` input and kernel quantizers, `weight_clip`,
-    `pad_values=1.0`), each followed by batch norm and added to a shortcut (Bi-Real style):
-    two at `width` channels, one strided to `2 * width` (shortcut: 2x2 average pool and a
-    float 1x1 conv), one more at `2 * width`; global average pool and a float dense layer.
+    """Deprecated alias of `larq_l1inf.backbones.demo_net` (the demo's residual BNN).
 
     # Arguments
-    input_shape: `(h, w, c)`, h and w divisible by 4.
-    width: channels of the first stage.
-    num_classes: outputs (softmax).
-    regularizer: kernel regularizer of the binary convolutions (e.g. `L1InfRegularizer`),
-        or None.
+    input_shape, width, num_classes: as `demo_net`.
+    regularizer: `demo_net`'s `kernel_regularizer`.
     name: model name.
-
-    # Returns
-    An uncompiled `tf.keras.Model`.
     """
-    import larq as lq
+    import warnings
 
-    from larq_l1inf._keras import tf
+    from larq_l1inf.backbones import demo_net
 
-    layers = tf.keras.layers
-    binary = dict(
-        input_quantizer="ste_sign",
-        kernel_quantizer="ste_sign",
-        kernel_constraint="weight_clip",
-        padding="same",
-        pad_values=1.0,
-        use_bias=False,
-        kernel_regularizer=regularizer,
+    warnings.warn(
+        "larq_l1inf.cli.build_demo_model is deprecated; use "
+        "larq_l1inf.backbones.demo_net(variant, num_classes, input_shape, kernel_regularizer, "
+        "width=...).",
+        DeprecationWarning,
+        stacklevel=2,
     )
-
-    def bn(x):
-        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
-
-    inputs = tf.keras.Input(input_shape)
-    x = layers.Conv2D(width, 3, padding="same", use_bias=False)(inputs)
-    x = bn(x)
-    x = layers.MaxPool2D(2)(x)
-    for _ in range(2):
-        x = layers.add([x, bn(lq.layers.QuantConv2D(width, 3, **binary)(x))])
-    shortcut = layers.AveragePooling2D(2)(x)
-    shortcut = bn(layers.Conv2D(2 * width, 1, use_bias=False)(shortcut))
-    x = layers.add([shortcut, bn(lq.layers.QuantConv2D(2 * width, 3, strides=2, **binary)(x))])
-    x = layers.add([x, bn(lq.layers.QuantConv2D(2 * width, 3, **binary)(x))])
-    x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(num_classes, activation="softmax")(x)
-    return tf.keras.Model(inputs, outputs, name=name)
+    return demo_net("bnn", num_classes=num_classes, input_shape=tuple(input_shape),
+                    kernel_regularizer=regularizer, width=width, name=name)
 
 
 def _accuracy(probabilities, labels):
     return float((np.asarray(probabilities).argmax(axis=1) == labels).mean())
 
 
-def _fit_verbosity():
-    # One progress bar per epoch on a terminal; one line per epoch in logs and pipes.
-    return 1 if sys.stdout.isatty() else 2
+def _demo_config(args, regularizer):
+    from larq_l1inf.training import TrainConfig
 
-
-def _train_and_evaluate(name, regularizer, data, args, x_test_noisy):
-    """Train one demo model, evaluate it in Keras and as an LCE flatbuffer."""
-    from larq_l1inf import deploy, penalty
-    from larq_l1inf._keras import tf
-
-    (x_train, y_train), (x_test, y_test) = data
-    tf.keras.utils.set_random_seed(args.seed)  # same initial weights and batches for every model
-    model = build_demo_model(x_train.shape[1:], width=args.width, regularizer=regularizer,
-                             name=f"demo_{name}")
-    steps = args.epochs * math.ceil(len(x_train) / args.batch_size)
-    schedule = tf.keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(steps, 1))
-    # SGD with momentum as the paper; Adam rescales the penalty's push (method.md).
-    model.compile(
-        optimizer=tf.keras.optimizers.SGD(schedule, momentum=0.9),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+    options = _penalty_options(args) if regularizer == "l1inf" else {}
+    return TrainConfig(
+        variant="bnn", backbone="demo", width=args.width, dataset="digits",
+        regularizer=regularizer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, epsilon=list(args.epsilon), draws=1, **options,
     )
-    print(f"\n[{name}] training {args.epochs} epoch(s) on {len(x_train)} images "
-          f"({'no penalty' if regularizer is None else regularizer.get_config()})")
+
+
+def _train_and_evaluate(name, regularizer, data, args):
+    """Train one demo model with the recipe, evaluate it in Keras and as an LCE flatbuffer."""
+    from larq_l1inf import deploy, evaluation, penalty, training
+
+    config = _demo_config(args, regularizer)
+    print(f"\n[{name}] training {args.epochs} epoch(s) on {data.splits['train']} images "
+          f"({'no penalty' if regularizer == 'none' else training.make_regularizer(config).get_config()})")
     start = time.perf_counter()
-    history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-                        verbose=_fit_verbosity(), shuffle=True)
+    model, history = training.fit(config, data, verbose=training.fit_verbosity())
     train_seconds = time.perf_counter() - start
-    keras_clean = _accuracy(model.predict(x_test, batch_size=256, verbose=0), y_test)
-    keras_noisy = _accuracy(model.predict(x_test_noisy, batch_size=256, verbose=0), y_test)
 
     print(f"[{name}] converting with larq-compute-engine "
           f"({'in-process' if args.convert_in_process else 'subprocess'})")
     start = time.perf_counter()
-    flatbuffer = deploy.convert(model, in_process=args.convert_in_process, binarized="raise")
+    flatbuffer = deploy.convert(model, in_process=args.convert_in_process)
     convert_seconds = time.perf_counter() - start
     if args.save_dir:
         deploy.save_flatbuffer(flatbuffer, os.path.join(args.save_dir, f"{name}.tflite"))
     report = deploy.check_binarized(flatbuffer, model, on_failure="raise")
     tflite = deploy.TFLiteModel(flatbuffer, num_threads=args.threads)
-    print(f"[{name}] LCE interpreter on {len(x_test)} clean and {len(x_test)} noisy images")
-    tflite_clean_probs = tflite.predict(x_test, verbose=True)
-    tflite_noisy_probs = tflite.predict(x_test_noisy, verbose=True)
-    agreement = deploy.compare_outputs(model, tflite, x_test_noisy)
-    result = {
-        "keras_clean_acc": keras_clean,
-        "keras_noisy_acc": keras_noisy,
-        "tflite_clean_acc": _accuracy(tflite_clean_probs, y_test),
-        "tflite_noisy_acc": _accuracy(tflite_noisy_probs, y_test),
+    x_test, y_test = data.arrays("test")
+    print(f"[{name}] Keras and the LCE interpreter on {len(x_test)} clean and noisy images")
+    # One noise draw, identical for every model and for Keras and the interpreter.
+    result = training.evaluate_model(model, x_test, y_test, flatbuffer=tflite,
+                                     epsilon=args.epsilon, draws=1, seed=args.seed)
+    x_noisy = evaluation.noisy_inputs(x_test, "environmental", tuple(args.epsilon), args.seed, 0)
+    keras, lite = result.models["keras"], result.models["tflite"]
+    return {
+        "keras_clean_acc": keras["clean"],
+        "keras_noisy_acc": keras["noisy"][0],
+        "tflite_clean_acc": lite["clean"],
+        "tflite_noisy_acc": lite["noisy"][0],
         "model_size_bytes": len(flatbuffer),
         "lce_bconv2d": report.lce_bconv2d,
         "binary_convs": report.binary_convs,
         "float_convs": report.float_convs,
         "op_counts": deploy.op_counts(flatbuffer),
-        "noisy_agreement": agreement,
+        "noisy_agreement": deploy.compare_outputs(model, tflite, x_noisy),
         "final_train_loss": float(history.history["loss"][-1]),
         "final_train_acc": float(history.history["accuracy"][-1]),
-        "penalty": float(penalty(model)) if regularizer is not None else 0.0,
+        "penalty": float(penalty(model)) if regularizer != "none" else 0.0,
         "train_seconds": train_seconds,
         "convert_seconds": convert_seconds,
     }
-    return result
 
 
 def _format_table(results):
@@ -235,18 +202,36 @@ def _penalty_options(args):
     return options
 
 
+def _check_demo_args(args):
+    """One-line errors (exit 2) for arguments the demo cannot run with."""
+    lo, hi = args.epsilon
+    problems = [
+        (args.epochs < 1, f"--epochs must be >= 1, got {args.epochs}"),
+        (args.batch_size < 1, f"--batch-size must be >= 1, got {args.batch_size}"),
+        (args.width < 1, f"--width must be >= 1, got {args.width}"),
+        (args.size < 4 or args.size % 4, f"--size must be a multiple of 4 (>= 4), got {args.size}"),
+        (not 0 < args.test_fraction < 1,
+         f"--test-fraction must be in (0, 1), got {args.test_fraction}"),
+        (args.threads < 1, f"--threads must be >= 1, got {args.threads}"),
+        (not args.lr > 0, f"--lr must be > 0, got {args.lr}"),
+        (args.delta is not None and not args.delta >= 0, f"--delta must be >= 0, got {args.delta}"),
+        (not 0 <= lo <= hi, f"--epsilon needs 0 <= LO <= HI, got {lo} {hi}"),
+    ]
+    for bad, message in problems:
+        if bad:
+            args.error(message)
+
+
 def run_demo(args):
     """The `demo` command: train with and without the penalty, evaluate, convert, compare."""
-    lo, hi = args.noise_range
-    if not 0 <= lo <= hi:
-        raise SystemExit(f"--noise-range needs 0 <= lo <= hi, got {lo} {hi}.")
     if args.fast:
         args.epochs = min(args.epochs, 1)
         args.width = min(args.width, 8)
         args.size = min(args.size, 16)
-    from larq_l1inf import L1InfRegularizer
+    _check_demo_args(args)
+    lo, hi = args.epsilon
+    from larq_l1inf import training
     from larq_l1inf.data import load_digits
-    from larq_l1inf.noise import environmental_noise
 
     started = time.perf_counter()
     (x_train, y_train), (x_test, y_test) = load_digits(
@@ -255,15 +240,13 @@ def run_demo(args):
     if args.fast:  # a smoke test: a few batches, a few test images
         x_train, y_train = x_train[:128], y_train[:128]
         x_test, y_test = x_test[:48], y_test[:48]
-    # One draw of Algorithm 1 noise, shared by every model and by Keras and the interpreter.
-    x_test_noisy = environmental_noise(x_test, (lo, hi), seed=args.seed).numpy()
+    data = training.ArrayData((x_train, y_train), (x_test, y_test), name="digits",
+                              epsilon=(lo, hi), num_classes=10)
     print(f"digits: {len(x_train)} train / {len(x_test)} test images, "
           f"{args.size}x{args.size}x3 in [0, 1]; Algorithm 1 noise eps ~ U[{lo}, {hi}]")
-    data = ((x_train, y_train), (x_test, y_test))
-    variants = {"baseline": None, "l1inf": L1InfRegularizer(**_penalty_options(args))}
     results = {
-        name: _train_and_evaluate(name, regularizer, data, args, x_test_noisy)
-        for name, regularizer in variants.items()
+        name: _train_and_evaluate(name, regularizer, data, args)
+        for name, regularizer in (("baseline", "none"), ("l1inf", "l1inf"))
     }
     table = _format_table(results)
     print(f"\nAccuracy on {len(x_test)} test digits (noisy: Algorithm 1, eps ~ U[{lo}, {hi}], "
@@ -272,7 +255,7 @@ def run_demo(args):
         "command": "demo",
         "config": {
             "epochs": args.epochs,
-            "penalty": variants["l1inf"].get_config(),
+            "penalty": training.make_regularizer(_demo_config(args, "l1inf")).get_config(),
             "seed": args.seed,
             "noise_range": [lo, hi],
             "lr": args.lr,
@@ -289,12 +272,20 @@ def run_demo(args):
     }
     _check_all_finite(output)
     if args.out:
-        directory = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(directory, exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(output, f, indent=2)
+        from larq_l1inf.training import write_atomic
+
+        write_atomic(args.out, json.dumps(output, indent=2))
         print(f"results written to {args.out}")
     return 0
+
+
+class _DeprecatedNoiseRange(argparse.Action):
+    """`--noise-range LO HI`, the 0.1.0 spelling of `--epsilon LO HI` (kept one release)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: --noise-range is deprecated; use --epsilon LO HI.",
+              file=sys.stderr)
+        setattr(namespace, "epsilon", list(values))
 
 
 def register_demo(subparsers):
@@ -319,9 +310,11 @@ def register_demo(subparsers):
     parser.add_argument("--normalize", choices=("on", "off"), default=None,
                         help="divide each layer term by its fan-in (default: L1InfRegularizer's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of split, init and noise")
-    parser.add_argument("--noise-range", type=float, nargs=2, metavar=("LO", "HI"),
+    parser.add_argument("--epsilon", type=float, nargs=2, metavar=("LO", "HI"),
                         default=list(DEMO_NOISE_RANGE),
                         help="Algorithm 1 epsilon ~ U[LO, HI], pixel units ([0, 1] images)")
+    parser.add_argument("--noise-range", type=float, nargs=2, metavar=("LO", "HI"),
+                        action=_DeprecatedNoiseRange, help="deprecated: use --epsilon")
     parser.add_argument("--lr", type=float, default=0.1, help="initial SGD learning rate")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
     parser.add_argument("--width", type=int, default=32, help="channels of the first stage")
@@ -336,7 +329,312 @@ def register_demo(subparsers):
                              "crash ends the demo)")
     parser.add_argument("--fast", action="store_true",
                         help="smoke test: 1 epoch, width 8, 16x16, 128 train / 48 test images")
-    parser.set_defaults(func=run_demo)
+    parser.set_defaults(func=run_demo, error=command_error)
+    return parser
+
+
+# --------------------------------------------------------------------------- train
+
+
+# Flag -> TrainConfig key, for the flags whose key is not the flag's own name.
+_TRAIN_KEYS = {"out": "out_dir", "xla": "jit_compile"}
+
+
+def _parse_value(text):
+    """A `KEY=VALUE` option's value: YAML scalars (numbers, booleans, lists), else the string."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _key_values(pairs, flag, error):
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            error(f"{flag} takes KEY=VALUE, got {pair!r}")
+        options[key.replace("-", "_")] = _parse_value(value)
+    return options
+
+
+def _train_settings(args):
+    """The TrainConfig settings of the command line: the --config file, then the flags given."""
+    from larq_l1inf.training import load_config
+
+    settings = {}
+    if getattr(args, "config", None):
+        try:
+            settings.update(load_config(args.config))
+        except (OSError, ValueError) as error:
+            args.error(f"cannot read --config {args.config}: {error}")
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("func", "error", "config", "resume", "command", "verbose",
+                          "convert_in_process", "data_option", "variant_option", "train_size",
+                          "test_size")}
+    for key, value in given.items():
+        settings[_TRAIN_KEYS.get(key, key)] = value
+    if "normalize" in settings and isinstance(settings["normalize"], str):
+        settings["normalize"] = settings["normalize"] == "on"
+    data_options = dict(settings.get("data_options") or {})
+    data_options.update(_key_values(getattr(args, "data_option", None), "--data-option", args.error))
+    for key in ("train_size", "test_size"):
+        if hasattr(args, key):
+            data_options[key] = getattr(args, key)
+    if data_options:
+        settings["data_options"] = data_options
+    variant_options = _key_values(getattr(args, "variant_option", None), "--variant-option",
+                                  args.error)
+    if variant_options:
+        settings["variant_options"] = {**(settings.get("variant_options") or {}),
+                                       **variant_options}
+    if "noise_augment" in settings and settings["noise_augment"] is not None:
+        noise, lo, hi = settings["noise_augment"]
+        try:
+            settings["noise_augment"] = [noise, float(lo), float(hi)]
+        except ValueError:
+            args.error(f"--noise-augment takes NOISE LO HI (numbers), got {noise} {lo} {hi}")
+    return settings
+
+
+def _default_out_dir(config):
+    return os.path.join("runs", f"{config.dataset}-{config.backbone}-{config.variant}-"
+                                f"{config.regularizer}-seed{config.seed}")
+
+
+def run_train(args):
+    """The `train` command: one variant on one backbone, resumable, deployed and evaluated."""
+    from larq_l1inf import training
+
+    settings = _train_settings(args)
+    out_dir = settings.pop("out_dir", None)
+    if args.resume:
+        if out_dir is not None and os.path.abspath(out_dir) != os.path.abspath(args.resume):
+            args.error("--resume DIR continues the run in DIR; drop --out")
+        try:
+            config = training.resume_config(args.resume, settings)
+        except (OSError, ValueError) as error:
+            args.error(str(error))
+        out_dir = args.resume
+    else:
+        try:
+            config = training.TrainConfig.from_dict(settings).validate()
+        except (TypeError, ValueError) as error:
+            args.error(str(error))
+        out_dir = out_dir or _default_out_dir(config)
+        if os.path.exists(os.path.join(out_dir, "config.yaml")):
+            args.error(f"{out_dir} already holds a run; continue it with --resume {out_dir}, "
+                       "or choose another --out")
+    try:
+        config.validate()
+    except ValueError as error:
+        args.error(str(error))
+    try:  # before any file is written: a missing dataset leaves no run directory behind
+        data = training.load_data(config)
+    except (TypeError, ValueError, OSError) as error:
+        args.error(str(error))
+    print(f"run directory: {out_dir}")
+    try:
+        training.train(config, out_dir, data=data, resume=bool(args.resume),
+                       convert_in_process=args.convert_in_process)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: larq-l1inf train --resume {out_dir}",
+              file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the run directory records it; say so once
+        print(f"larq-l1inf train: error: the run failed: {type(error).__name__}: {error}\n"
+              f"Its checkpoints are in {out_dir}; fix the cause and continue with "
+              f"`larq-l1inf train --resume {out_dir}`.", file=sys.stderr)
+        return 1
+    print(f"finished: {out_dir} ({', '.join(sorted(os.listdir(out_dir)))})")
+    return 0
+
+
+def register_train(subparsers):
+    """`larq-l1inf train`: the training recipe of `larq_l1inf.training` as a command."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a BNN variant on a backbone, with or without a penalty; resumable; "
+             "leaves the deployed flatbuffer evaluated under noise",
+        description=(
+            "Trains a BNN variant (larq_l1inf.variants) on a backbone (larq_l1inf.backbones) "
+            "with SGD momentum 0.9 and a cosine learning rate, with or without a penalty, into "
+            "a run directory: config.yaml, a checkpoint per epoch, TensorBoard logs, "
+            "history.csv, the SavedModel, its LCE flatbuffer and evaluation.json (clean and "
+            "Algorithm 1 noisy accuracy of the Keras model and the flatbuffer on identical "
+            "inputs). Settings come from the flags or from --config FILE (JSON/YAML, as the "
+            "run's config.yaml); unset settings keep TrainConfig's defaults."
+        ),
+        argument_default=argparse.SUPPRESS,  # only the flags given override --config / defaults
+    )
+    add = parser.add_argument
+    add("--config", metavar="FILE", help="JSON or YAML file of settings (a run's config.yaml)")
+    add("--resume", metavar="DIR", default=None,
+        help="continue the interrupted run in DIR from its last completed epoch")
+    add("--out", metavar="DIR",
+        help="run directory (default runs/DATASET-BACKBONE-VARIANT-REGULARIZER-seedSEED)")
+    add("--variant", help="BNN variant: bnn, xnor, dorefa, bireal, reactnet, irnet, abc, adabin, "
+                          "cyclebnn (default bnn)")
+    add("--variant-option", action="append", metavar="KEY=VALUE",
+        help="an option of the variant, e.g. a_bits=2 for dorefa (repeatable)")
+    add("--backbone", help="resnet20 (default), resnet18, resnet34, vgg_small, conv1d, demo")
+    add("--width", type=int, help="channels of the backbone's first stage")
+    add("--dataset", help="a dataset of larq_l1inf.data (default digits)")
+    add("--data-dir", help="the dataset's directory")
+    add("--train-size", type=int, help="seeded stratified subsample of the training split")
+    add("--test-size", type=int, help="seeded stratified subsample of the test split")
+    add("--data-option", action="append", metavar="KEY=VALUE",
+        help="another option of the dataset's loader (repeatable)")
+    add("--augment", action="store_true", help="the dataset's training augmentation")
+    add("--regularizer", help="none (default), l1inf, l1, spectral, absum or lcr")
+    add("--delta", type=float, help="penalty coefficient (for lcr: its lam)")
+    add("--reduction", choices=("log", "sum", "product"), help="combination of the layer terms")
+    add("--normalize", choices=("on", "off"), help="divide each layer term by its fan-in")
+    add("--alpha", choices=("layer", "channel", "none"), help="the penalty's scaling factor")
+    add("--warmup-epochs", type=int, help="linear warm-up of delta over these epochs")
+    add("--log-bounds", action="store_true",
+        help="log the data-free Theorem 4.2 bound terms every epoch (slow on big models)")
+    add("--noise-augment", nargs=3, metavar=("NOISE", "LO", "HI"),
+        help="train with larq_l1inf.noise.InputNoise(NOISE, (LO, HI)) (training only)")
+    add("--epochs", type=int, help="training epochs (default 10)")
+    add("--batch-size", type=int, help="global batch size (default 64)")
+    add("--lr", type=float, help="initial SGD learning rate (default 0.1)")
+    add("--momentum", type=float, help="SGD momentum (default 0.9)")
+    add("--lr-schedule", choices=("cosine", "constant"), help="default cosine decay to 0")
+    add("--seed", type=int, help="initial weights, batch order and noise (default 0)")
+    add("--distribute", choices=("none", "mirrored"),
+        help="mirrored: tf.distribute.MirroredStrategy (MultiWorker with TF_CONFIG)")
+    add("--xla", action=argparse.BooleanOptionalAction,
+        help="compile the train step with XLA (jit_compile)")
+    add("--epsilon", type=float, nargs=2, metavar=("LO", "HI"),
+        help="evaluation noise range (default: the dataset's)")
+    add("--draws", type=int, help="noise draws of the evaluation (default 5)")
+    add("--pgd-epsilon", type=float, help="also evaluate under L-inf PGD of this radius")
+    add("--pgd-iterations", type=int, help="PGD steps (default 20)")
+    add("--convert", action=argparse.BooleanOptionalAction,
+        help="convert with LCE and evaluate the flatbuffer (default on)")
+    add("--convert-in-process", action="store_true", default=False,
+        help="run the LCE converter in this process")
+    parser.set_defaults(func=run_train, error=command_error)
+    return parser
+
+
+def _model_path(path):
+    """A SavedModel/.h5 path, or a run directory's model/."""
+    if os.path.isdir(os.path.join(path, "model")) and os.path.exists(
+            os.path.join(path, "config.yaml")):
+        return os.path.join(path, "model")
+    return path
+
+
+def run_convert(args):
+    """The `convert` command: flatbuffer, op counts, binarization report, Keras parity."""
+    if not os.path.exists(args.model):
+        args.error(f"{args.model} does not exist; give a SavedModel directory, an .h5 file or "
+                   "a run directory of `larq-l1inf train`")
+    if args.samples < 1:
+        args.error(f"--samples must be >= 1, got {args.samples}")
+    import larq_l1inf  # noqa: F401 - registers the custom objects for loading
+    from larq_l1inf import deploy
+    from larq_l1inf._keras import tf
+    from larq_l1inf.training import write_atomic
+
+    path = _model_path(args.model)
+    try:
+        model = tf.keras.models.load_model(path, compile=False)
+    except (OSError, ValueError) as error:
+        args.error(f"cannot load a Keras model from {path}: {error}")
+    flatbuffer = deploy.convert(model, in_process=args.in_process, batch_size=args.batch_size)
+    out = args.out or (os.path.splitext(path.rstrip("/"))[0] + ".tflite")
+    write_atomic(out, bytes(flatbuffer))
+    counts = deploy.op_counts(flatbuffer)
+    report = deploy.check_binarized(flatbuffer, model, on_failure="ignore")
+    rng = np.random.default_rng(args.seed)
+    shape = tuple(model.inputs[0].shape[1:])
+    # Inputs in the models' units ([0, 1]): the parity of a random batch, not of a dataset.
+    x = rng.uniform(0, 1, (args.samples, *shape)).astype("float32")
+    parity = deploy.compare_outputs(model, deploy.TFLiteModel(flatbuffer), x)
+    print(f"flatbuffer: {out} ({len(flatbuffer) / 1024:.1f} KiB)")
+    print("ops: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(report.message(model.name))
+    print(f"Keras vs interpreter on {parity['n']} uniform [0, 1] inputs: max |diff| "
+          f"{parity['max_abs_diff']:.3g}, top-1 agreement {parity['argmax_agree']}/{parity['n']}")
+    if args.json:
+        write_atomic(args.json, json.dumps({
+            "flatbuffer": out, "bytes": len(flatbuffer), "op_counts": counts,
+            "binary_convs": report.binary_convs, "lce_bconv2d": report.lce_bconv2d,
+            "float_convs": report.float_convs, "parity": parity}, indent=2))
+    return 0
+
+
+def register_convert(subparsers):
+    """`larq-l1inf convert`: a Keras model to an LCE flatbuffer, with its checks."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a Keras model (or a train run) to an LCE flatbuffer; print op counts, "
+             "the binarization report and Keras/interpreter parity",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("model", help="SavedModel directory, .h5 file, or a run directory")
+    parser.add_argument("--out", default="", help="flatbuffer path (default MODEL.tflite)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="fixed batch size of the flatbuffer (default 1)")
+    parser.add_argument("--samples", type=int, default=16, help="inputs of the parity check")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the parity inputs")
+    parser.add_argument("--json", default="", help="also write the report as JSON")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the LCE converter in this process")
+    parser.set_defaults(func=run_convert, error=command_error)
+    return parser
+
+
+def run_plot(args):
+    """The `plot` command: the figures of one or more run directories."""
+    for run_dir in args.run_dir:
+        if not os.path.exists(os.path.join(run_dir, "config.yaml")):
+            args.error(f"{run_dir} is not a run directory of `larq-l1inf train` (no config.yaml)")
+    import larq_l1inf  # noqa: F401 - registers the custom objects for loading
+    from larq_l1inf import training
+    from larq_l1inf._keras import tf
+
+    models, data = {}, None
+    for run_dir in args.run_dir:
+        config = training.resume_config(run_dir)
+        model = None
+        if os.path.isdir(os.path.join(run_dir, "model")):
+            model = tf.keras.models.load_model(os.path.join(run_dir, "model"), compile=False)
+            models[os.path.basename(os.path.normpath(run_dir))] = model
+        try:
+            data = training.load_data(config)
+        except (TypeError, ValueError, OSError) as error:
+            log.warning("No feature maps for %s: its dataset cannot be loaded (%s).", run_dir, error)
+            data = None
+        for path in training.write_plots(run_dir, model, data, config.epsilon, config.seed):
+            print(path)
+    if len(models) > 1 and data is not None:
+        from larq_l1inf import plots
+        from larq_l1inf.evaluation import noisy_inputs
+
+        x = data.arrays("test")[0][:1]
+        x_noisy = noisy_inputs(x, "environmental", tuple(data.epsilon), 0, 0)
+        out = args.out or "feature_maps.png"
+        print(plots.feature_maps(models, x[0], x_noisy[0], out))
+    return 0
+
+
+def register_plot(subparsers):
+    """`larq-l1inf plot`: PNGs of run directories."""
+    parser = subparsers.add_parser(
+        "plot", help="training curves, weight histograms and feature maps of `train` runs",
+        description="Writes training_curves.png, weight_histograms.png and feature_maps.png "
+                    "into each run directory; with several runs (e.g. with and without the "
+                    "penalty, same dataset) also one feature-map figure comparing them.")
+    parser.add_argument("run_dir", nargs="+", help="run directories of `larq-l1inf train`")
+    parser.add_argument("--out", default="",
+                        help="the comparison figure of several runs (default feature_maps.png)")
+    parser.set_defaults(func=run_plot, error=command_error)
     return parser
 
 
@@ -531,6 +829,11 @@ class CommandError(Exception):
     """
 
 
+def command_error(message):
+    """Raise `CommandError(message)`; what a command's `args.error(...)` calls."""
+    raise CommandError(message)
+
+
 def _number(kind, minimum=None, exclusive=False, maximum=None, what=""):
     def parse(text):
         try:
@@ -606,7 +909,8 @@ class ArgumentParser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- entry point
 
 #: `register(subparsers)` functions, one per subcommand (or group of subcommands).
-COMMANDS = [register_demo, register_evaluation]
+COMMANDS = [register_demo, register_evaluation, register_train, register_convert,
+            register_plot]
 
 
 def _verbosity_arguments(parser, default):

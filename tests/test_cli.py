@@ -80,7 +80,7 @@ class TestDemo:
 class TestParser:
     def test_demo_defaults(self):
         args = cli.build_parser().parse_args(["demo"])
-        assert args.noise_range == list(cli.DEMO_NOISE_RANGE)
+        assert list(args.epsilon) == list(cli.DEMO_NOISE_RANGE)
         assert (args.epochs, args.out) == (15, "results/demo.json")
         assert args.func is cli.run_demo
         assert cli._penalty_options(args) == {}  # L1InfRegularizer's own defaults
@@ -95,9 +95,13 @@ class TestParser:
         assert cli.main([]) == 2
         assert capsys.readouterr().err.count("\n") == 1
 
-    def test_bad_noise_range(self):
-        with pytest.raises(SystemExit, match="lo <= hi"):
-            cli.main(["demo", "--noise-range", "0.3", "0.1", "--out", ""])
+    def test_bad_noise_range(self, capsys):
+        assert cli.main(["demo", "--epsilon", "0.3", "0.1", "--out", ""]) == 2
+        assert "LO <= HI" in capsys.readouterr().err.strip().splitlines()[-1]
+
+    def test_negative_epochs_is_one_line_exit_2(self, capsys):
+        assert cli.main(["demo", "--epochs", "-1"]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
 
     def test_evaluation_commands_are_registered(self, tmp_path):
         path = tmp_path / "m.h5"

@@ -1,0 +1,165 @@
+"""`larq-l1inf train`, `train --resume`, `convert`, `plot` end to end, and their bad inputs."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from larq_l1inf import cli, training
+
+# 8x8 grey digits, width 4, one epoch of 6 batches: seconds, not minutes.
+TINY = ["--backbone", "demo", "--width", "4", "--dataset", "digits", "--data-option", "size=8",
+        "--data-option", "channels=1", "--epochs", "1", "--batch-size", "256", "--draws", "2",
+        "--test-size", "60"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_tensorflow_logs(monkeypatch):
+    # The command quiets TensorFlow's loggers process-wide; not inside the test session.
+    monkeypatch.setattr(cli, "_quiet_tensorflow", lambda: None, raising=False)
+
+
+def exit_code_and_error(argv, capsys):
+    code = cli.main(argv)
+    return code, capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    code = cli.main(["train", *TINY, "--regularizer", "l1inf", "--out", str(out),
+                     "--convert-in-process"])
+    assert code == 0
+    return out
+
+
+class TestTrain:
+    def test_run_directory_holds_everything(self, run_dir):
+        names = set(os.listdir(run_dir))
+        assert {"config.yaml", "status.json", "checkpoints", "backup", "logs", "history.csv",
+                "model", "model.tflite", "evaluation.json", "training_curves.png",
+                "weight_histograms.png", "feature_maps.png"} <= names
+        assert not [n for n in names if n.startswith(".tmp")]  # nothing half-written
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert (config["backbone"], config["regularizer"], config["epochs"]) == ("demo", "l1inf", 1)
+        assert config["data_options"] == {"size": 8, "channels": 1, "test_size": 60}
+        history = (run_dir / "history.csv").read_text().splitlines()
+        assert "l1inf_penalty" in history[0] and len(history) == 2
+        assert any(name.startswith("events") for name in os.listdir(run_dir / "logs" / "train"))
+
+    def test_evaluation_covers_keras_and_flatbuffer_on_identical_inputs(self, run_dir):
+        evaluation = json.loads((run_dir / "evaluation.json").read_text())
+        assert set(evaluation["models"]) == {"keras", "tflite"}
+        assert evaluation["n"] == 60
+        for result in evaluation["models"].values():
+            assert 0 <= result["clean"] <= 1 and len(result["noisy"]) == 2
+        assert evaluation["config"]["draws"] == 2
+        assert evaluation["flatbuffer"]["op_counts"]["LceBconv2d"] == 4
+        assert evaluation["flatbuffer"]["bytes"] == (run_dir / "model.tflite").stat().st_size
+        assert evaluation["disagreement"]["clean"] <= 2
+
+    def test_resume_of_a_finished_run_trains_nothing_more(self, run_dir, capsys):
+        code = cli.main(["train", "--resume", str(run_dir), "--convert-in-process"])
+        assert code == 0
+        assert len((run_dir / "history.csv").read_text().splitlines()) == 2
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+
+    def test_resume_with_another_config_is_a_clear_error(self, run_dir, capsys):
+        code, error = exit_code_and_error(
+            ["train", "--resume", str(run_dir), "--epochs", "3"], capsys)
+        assert code == 2
+        assert "epochs: run has 1, given 3" in error and "another --out" in error
+
+    def test_existing_run_directory_is_not_overwritten(self, run_dir, capsys):
+        code, error = exit_code_and_error(["train", *TINY, "--out", str(run_dir)], capsys)
+        assert code == 2 and f"--resume {run_dir}" in error
+
+    def test_convert_prints_ops_binarization_and_parity(self, run_dir, tmp_path, capsys):
+        report = tmp_path / "convert.json"
+        code = cli.main(["convert", str(run_dir), "--in-process", "--out",
+                         str(tmp_path / "m.tflite"), "--json", str(report), "--samples", "4"])
+        assert code == 0
+        printed = capsys.readouterr().out
+        assert "LceBconv2d 4" in printed and "4 of 4 binary convolutions" in printed
+        result = json.loads(report.read_text())
+        assert result["parity"]["n"] == 4 and result["parity"]["max_abs_diff"] < 1e-4
+        assert (tmp_path / "m.tflite").stat().st_size == result["bytes"]
+
+    def test_plot_writes_the_run_figures(self, run_dir, capsys):
+        figures = ["training_curves.png", "weight_histograms.png", "feature_maps.png"]
+        for name in figures:  # train wrote them; plot must write them again
+            assert (run_dir / name).stat().st_size > 0
+            (run_dir / name).unlink()
+        assert cli.main(["plot", str(run_dir)]) == 0
+        for name in figures:
+            assert (run_dir / name).stat().st_size > 0
+
+    def test_plot_of_a_directory_without_a_run(self, tmp_path, capsys):
+        code, error = exit_code_and_error(["plot", str(tmp_path)], capsys)
+        assert code == 2 and "not a run directory" in error
+
+
+class TestBadInputs:
+    @pytest.mark.parametrize("flag, value, listed", [
+        ("--variant", "binaryconnect", "irnet"),
+        ("--backbone", "resnet50", "resnet20"),
+        ("--dataset", "imagenet21k", "fashion_mnist"),
+        ("--regularizer", "l3", "spectral"),
+    ])
+    def test_unknown_names(self, tmp_path, capsys, flag, value, listed):
+        code, error = exit_code_and_error(
+            ["train", flag, value, "--out", str(tmp_path / "r")], capsys)
+        assert code == 2 and value in error and listed in error
+        assert not (tmp_path / "r").exists()
+
+    def test_missing_dataset_files_say_how_to_get_them(self, tmp_path, capsys):
+        code, error = exit_code_and_error(
+            ["train", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "none"),
+             "--out", str(tmp_path / "r")], capsys)
+        assert code == 2 and "train-images-idx3-ubyte" in error
+        assert not (tmp_path / "r").exists()
+
+    def test_resume_of_a_directory_without_a_run(self, tmp_path, capsys):
+        code, error = exit_code_and_error(["train", "--resume", str(tmp_path)], capsys)
+        assert code == 2 and "not a run directory" in error
+
+    def test_bad_key_value_option(self, capsys):
+        code, error = exit_code_and_error(["train", "--data-option", "size"], capsys)
+        assert code == 2 and "KEY=VALUE" in error
+
+    def test_config_file_and_flags(self, tmp_path, capsys):
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps({"backbone": "demo", "epochs": 7, "regularizer": "l1inf"}))
+        args = cli.build_parser().parse_args(["train", "--config", str(path), "--epochs", "2"])
+        settings = cli._train_settings(args)
+        assert (settings["backbone"], settings["epochs"]) == ("demo", 2)  # the flag wins
+        path.write_text(json.dumps({"epoch": 7}))
+        code, error = exit_code_and_error(["train", "--config", str(path)], capsys)
+        assert code == 2 and "Unknown setting" in error
+
+
+class TestDemoArguments:
+    @pytest.mark.parametrize("argv, word", [
+        (["--epochs", "-1"], "--epochs"),
+        (["--size", "10"], "--size"),
+        (["--epsilon", "0.3", "0.1"], "--epsilon"),
+        (["--batch-size", "0"], "--batch-size"),
+    ])
+    def test_one_line_errors(self, capsys, argv, word):
+        code, error = exit_code_and_error(["demo", *argv, "--out", ""], capsys)
+        assert code == 2 and word in error
+
+    def test_noise_range_is_deprecated_for_epsilon(self, capsys):
+        args = cli.build_parser().parse_args(["demo", "--noise-range", "0.1", "0.2"])
+        assert args.epsilon == [0.1, 0.2]
+        assert "--noise-range is deprecated" in capsys.readouterr().err
+
+
+def test_train_command_is_registered():
+    parser = cli.build_parser()
+    for command in ("train", "convert", "plot"):
+        assert parser.parse_args([command, "x"] if command != "train" else [command]).func \
+            is getattr(cli, f"run_{command}")
+    assert training.TrainConfig().lr == 0.1 and training.TrainConfig().momentum == 0.9
