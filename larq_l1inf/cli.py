@@ -279,15 +279,6 @@ def run_demo(args):
     return 0
 
 
-class _DeprecatedNoiseRange(argparse.Action):
-    """`--noise-range LO HI`, the 0.1.0 spelling of `--epsilon LO HI` (kept one release)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"{parser.prog}: warning: --noise-range is deprecated; use --epsilon LO HI.",
-              file=sys.stderr)
-        setattr(namespace, "epsilon", list(values))
-
-
 def register_demo(subparsers):
     parser = subparsers.add_parser(
         "demo",
@@ -302,7 +293,7 @@ def register_demo(subparsers):
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=15, help="training epochs per model")
+    parser.add_argument("--epochs", type=positive_int, default=15, help="training epochs per model")
     parser.add_argument("--delta", type=float, default=None,
                         help="penalty coefficient (default: L1InfRegularizer's)")
     parser.add_argument("--reduction", choices=("log", "sum", "product"), default=None,
@@ -314,7 +305,8 @@ def register_demo(subparsers):
                         default=list(DEMO_NOISE_RANGE),
                         help="Algorithm 1 epsilon ~ U[LO, HI], pixel units ([0, 1] images)")
     parser.add_argument("--noise-range", type=float, nargs=2, metavar=("LO", "HI"),
-                        action=_DeprecatedNoiseRange, help="deprecated: use --epsilon")
+                        dest="epsilon", action=deprecated_option("--epsilon"),
+                        help="deprecated: use --epsilon")
     parser.add_argument("--lr", type=float, default=0.1, help="initial SGD learning rate")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
     parser.add_argument("--width", type=int, default=32, help="channels of the first stage")
@@ -371,7 +363,7 @@ def _train_settings(args):
         except (OSError, ValueError) as error:
             args.error(f"cannot read --config {args.config}: {error}")
     given = {k: v for k, v in vars(args).items()
-             if k not in ("func", "error", "config", "resume", "command", "verbose",
+             if k not in ("func", "error", "config", "resume", "command", "verbose", "quiet",
                           "convert_in_process", "data_option", "variant_option", "train_size",
                           "test_size")}
     for key, value in given.items():
@@ -438,7 +430,8 @@ def run_train(args):
     print(f"run directory: {out_dir}")
     try:
         training.train(config, out_dir, data=data, resume=bool(args.resume),
-                       convert_in_process=args.convert_in_process)
+                       convert_in_process=args.convert_in_process,
+                       verbose=0 if getattr(args, "quiet", False) else None)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: larq-l1inf train --resume {out_dir}",
               file=sys.stderr)
@@ -577,7 +570,7 @@ def register_convert(subparsers):
              "the binarization report and Keras/interpreter parity",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("model", help="SavedModel directory, .h5 file, or a run directory")
+    parser.add_argument("model", metavar="MODEL", help="SavedModel directory, .h5 file, or a run directory")
     parser.add_argument("--out", default="", help="flatbuffer path (default MODEL.tflite)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="fixed batch size of the flatbuffer (default 1)")
