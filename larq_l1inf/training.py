@@ -109,7 +109,7 @@ class TrainConfig:
     augment: the dataset's training augmentation (e.g. random crop + flip for CIFAR).
     regularizer: one of `REGULARIZERS`.
     delta, reduction, normalize, alpha: the penalty's options (None: its class default).
-        For `lcr`, `delta` is LCR's `lam`.
+        For `lcr`, `delta` is LCR's `lam` (default: the official `8 / (batch * 1e4)`).
     warmup_epochs: epochs of linear warm-up of the penalty (`L1InfCallback`).
     log_bounds: also log the data-free Theorem 4.2 bound terms every epoch (`L1InfCallback(
         bounds=True)`; seconds per epoch on a ResNet-20, so off by default).
@@ -510,31 +510,6 @@ def build_model(config, data, kernel_regularizer="auto"):
     return tf.keras.Model(inputs, model(x), name=f"{model.name}_noise_augmented"), model
 
 
-def lcr_stages(model):
-    """LCR's stage layers of a backbone: per spatial resolution, its last residual `Add` (or its
-    last layer when it has none), input to output."""
-    per_resolution = {}
-    for layer in model.layers[1:]:
-        shape = layer.output_shape
-        if not isinstance(shape, tuple) or len(shape) < 3 or len(layer.inbound_nodes) != 1:
-            continue
-        key = tuple(shape[1:-1])
-        is_add = isinstance(layer, tf.keras.layers.Add)
-        best = per_resolution.get(key)
-        if best is None or is_add or not best[1]:  # a later Add wins over anything
-            per_resolution[key] = (layer.name, is_add)
-    found = list(per_resolution.values())
-    if any(is_add for _, is_add in found):  # residual nets: the stem is no stage
-        found = [entry for entry in found if entry[1]]
-    stages = [name for name, _ in found]
-    if len(stages) < 2:
-        raise ValueError(
-            f"LCR needs at least two stages of different resolution; {model.name} has "
-            f"{stages}. Use a backbone with downsampling (resnet20, resnet18, demo, vgg_small)."
-        )
-    return stages
-
-
 def full_precision_clone(model):
     """The same architecture (layer names included) with every quantizer removed: LCR's teacher."""
     config = model.get_config()
@@ -725,14 +700,13 @@ def _outputs_logits(model):
 def _lcr_model(model, config):
     from larq_l1inf.lcr import LCRModel
 
-    stages = lcr_stages(model)
     teacher = full_precision_clone(model)
     log.warning(
         "LCR: the full-precision teacher is untrained (same architecture, fresh weights); "
         "LCR expects a pretrained teacher."
     )
-    lam = 1e-4 if config.delta is None else config.delta
-    return LCRModel(model, teacher, stages=stages, lam=lam)
+    # Stages found from the graph (lcr.find_stages); delta None is the official lam 8 / (B * 1e4).
+    return LCRModel(model, teacher, lam=config.delta)
 
 
 # --------------------------------------------------------------------------- evaluate
