@@ -16,7 +16,6 @@ schedules in `larq_l1inf.callbacks`; this module is the registry.
 | `abc` | Lin et al. NeurIPS 2017 | `ABCWeight(M)` | `ABCActivation(N)` | basic |
 | `adabin` | Tu et al. ECCV 2022 | `AdaBinWeight` | `AdaBinActivation`, `Maxout` | basic |
 | `cyclebnn` | Fontana et al. 2024 | `CyclicSign` | `CyclicSign`, `GradientQuantizer` | basic |
-| `mbn` | Frickenstein et al. 2020 (M x N bases) | M shifted sign bases | N shifted sign bases | basic |
 
 !!! example
     ```python
@@ -269,13 +268,6 @@ def _cyclebnn(**_):
     )
 
 
-def _mbn(weight_bases=3, activation_bases=1, **_):
-    # larq_l1inf.mbn builds on Variant, so it is imported when first used (no import cycle).
-    from larq_l1inf.mbn import mbn_variant
-
-    return mbn_variant(weight_bases=weight_bases, activation_bases=activation_bases)
-
-
 #: Variant name -> factory taking the variant's options (e.g. `dorefa`: w_bits, a_bits).
 VARIANTS = {
     "bnn": _bnn,
@@ -287,7 +279,6 @@ VARIANTS = {
     "abc": _abc,
     "adabin": _adabin,
     "cyclebnn": _cyclebnn,
-    "mbn": _mbn,
 }
 
 
