@@ -47,6 +47,7 @@ import logging
 import larq as lq
 import numpy as np
 
+from larq_l1inf import kernels
 from larq_l1inf._keras import tf
 
 log = logging.getLogger(__name__)
@@ -129,14 +130,6 @@ def layer_bops(layer, fp_bits=8):
     }
 
 
-def _walk(model):
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.Model):
-            yield from _walk(layer)
-        else:
-            yield layer
-
-
 def bops(model, fp_bits=8):
     """Bit operations of a model (per sample), per layer and in total, as a JSON-ready dict.
 
@@ -156,7 +149,7 @@ def bops(model, fp_bits=8):
     if int(fp_bits) != fp_bits or fp_bits < 1:
         raise ValueError(
             f"`fp_bits` must be a positive integer (8 as in the paper), got {fp_bits!r}.")
-    entries = [e for e in (layer_bops(layer, fp_bits) for layer in _walk(model)) if e]
+    entries = [e for e in (layer_bops(layer, fp_bits) for layer in kernels.model_layers(model)) if e]
     binary = sum(e["macs"] * e["weight_bits"] * e["activation_bits"] for e in entries
                  if e["multibit"] or (e["weight_bits"] == 1 and e["activation_bits"] == 1))
     return {

@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 
 from larq_l1inf._keras import tf
-from larq_l1inf.regularizers import KERNEL_ATTRIBUTES, is_binary, is_binary_quantizer
+from larq_l1inf import kernels
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +48,10 @@ def _save(figure, path):
     return path
 
 
-def _layers(model):
-    """Every layer of a model in its own order, nested models flattened."""
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.Model):
-            yield from _layers(layer)
-        else:
-            yield layer
-
-
 def binary_layers(model):
     """The layers of a model with a binary kernel quantizer, in the model's order.
 
-    "Binary" is decided as larq does (`larq_l1inf.regularizers.is_binary`: the kernel
+    "Binary" is decided as larq does (`larq_l1inf.kernels.is_binary`: the kernel
     quantizer's `precision == 1`); nested models are searched too.
 
     # Arguments
@@ -69,7 +60,7 @@ def binary_layers(model):
     # Returns
     A list of layers.
     """
-    return [layer for layer in _layers(model) if is_binary(layer)]
+    return [layer for layer in kernels.model_layers(model) if kernels.is_binary(layer)]
 
 
 def first_binary_conv(model):
@@ -349,13 +340,9 @@ def feature_maps(models, x, x_noisy, path, channels=4):
 
 def _latent_kernels(layer):
     """(attribute, latent weights) of a layer's binary kernels."""
-    out = []
-    for weight_attr, quantizer_attr, _ in KERNEL_ATTRIBUTES:
-        weight = getattr(layer, weight_attr, None)
-        if weight is not None and is_binary_quantizer(getattr(layer, quantizer_attr, None)):
-            latent = getattr(weight, "latent_variable", weight)
-            out.append((weight_attr, np.asarray(tf.convert_to_tensor(latent)).ravel()))
-    return out
+    return [("depthwise_kernel" if entry.depthwise else "kernel",
+             np.asarray(kernels.latent_kernel(entry.weight)).ravel())
+            for entry in kernels.layer_kernels(layer, binary=True)]
 
 
 def weight_histograms(model, path, bins=60):
