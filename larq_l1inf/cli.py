@@ -26,7 +26,6 @@ Errors, the same for every command (`main` does it):
 """
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -272,9 +271,9 @@ def run_demo(args):
     }
     _check_all_finite(output)
     if args.out:
-        from larq_l1inf.training import write_atomic
+        from larq_l1inf.utils import write_json
 
-        write_atomic(args.out, json.dumps(output, indent=2))
+        write_json(output, args.out)
         print(f"results written to {args.out}")
     return 0
 
@@ -532,7 +531,7 @@ def run_convert(args):
     import larq_l1inf  # noqa: F401 - registers the custom objects for loading
     from larq_l1inf import deploy
     from larq_l1inf._keras import tf
-    from larq_l1inf.training import write_atomic
+    from larq_l1inf.utils import write_atomic, write_json
 
     path = _model_path(args.model)
     try:
@@ -555,10 +554,10 @@ def run_convert(args):
     print(f"Keras vs interpreter on {parity['n']} uniform [0, 1] inputs: max |diff| "
           f"{parity['max_abs_diff']:.3g}, top-1 agreement {parity['argmax_agree']}/{parity['n']}")
     if args.json:
-        write_atomic(args.json, json.dumps({
+        write_json({
             "flatbuffer": out, "bytes": len(flatbuffer), "op_counts": counts,
             "binary_convs": report.binary_convs, "lce_bconv2d": report.lce_bconv2d,
-            "float_convs": report.float_convs, "parity": parity}, indent=2))
+            "float_convs": report.float_convs, "parity": parity}, args.json)
     return 0
 
 

@@ -46,6 +46,7 @@ import time
 import numpy as np
 
 from larq_l1inf._keras import tf
+from larq_l1inf.utils import write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ __all__ = [
     "save_config",
     "train",
     "train_dataset",
-    "write_atomic",
 ]
 
 #: `--regularizer` name -> what it means (the kernel penalties live in `larq_l1inf.regularizers`
@@ -315,23 +315,6 @@ def config_differences(saved, given):
         if _plain(saved.get(key)) != _plain(value):
             out[key] = (saved.get(key), value)
     return out
-
-
-def write_atomic(path, content):
-    """Write text or bytes to `path` through a temporary file and a rename: a reader sees the
-    old file or the whole new one, never half of it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    mode = "wb" if isinstance(content, (bytes, bytearray)) else "w"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- data
@@ -757,10 +740,8 @@ class RunResult:
 
 
 def _set_status(out_dir, state, **extra):
-    write_atomic(os.path.join(out_dir, "status.json"),
-                 json.dumps({"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                   time.gmtime()), **extra},
-                            indent=2))
+    write_json({"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **extra}, os.path.join(out_dir, "status.json"))
 
 
 def read_history(path):
@@ -897,7 +878,7 @@ def _finish(config, data, model, out_dir, plots, convert_in_process):
     evaluation["dataset"] = dict(getattr(data, "config", {}) or {"name": data.name})
     if flatbuffer is not None:
         evaluation["flatbuffer"] = {"bytes": len(flatbuffer), "op_counts": deploy.op_counts(flatbuffer)}
-    write_atomic(os.path.join(out_dir, "evaluation.json"), json.dumps(evaluation, indent=2))
+    write_json(evaluation, os.path.join(out_dir, "evaluation.json"))
     history = read_history(os.path.join(out_dir, "history.csv"))
     if plots:
         write_plots(out_dir, model, data, epsilon, config.seed)

@@ -9,10 +9,11 @@ reaches a file unannounced.
 import json
 import math
 import os
+import tempfile
 
 import numpy as np
 
-__all__ = ["ends_in_softmax", "renamed_arguments", "resolve_verbose", "to_json_value", "write_json"]
+__all__ = ["ends_in_softmax", "renamed_arguments", "write_atomic", "resolve_verbose", "to_json_value", "write_json"]
 
 
 def to_json_value(value, where="data"):
@@ -77,12 +78,25 @@ def write_json(data, path, indent=2):
     ValueError: for NaN or infinite numbers in `data` (nothing is written).
     TypeError: for values JSON cannot hold.
     """
-    text = json.dumps(to_json_value(data), indent=indent)
+    write_atomic(path, json.dumps(to_json_value(data), indent=indent) + "\n")
+    return path
+
+
+def write_atomic(path, content):
+    """Write text or bytes to `path` through a temporary file and a rename, creating its
+    folder: a reader sees the old file or the whole new one, never half of it."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text + "\n")
-    return path
+    mode = "wb" if isinstance(content, (bytes, bytearray)) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def renamed_arguments(kwargs, renames, function, stacklevel=3):

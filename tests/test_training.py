@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import larq_l1inf
-from larq_l1inf import training
+from larq_l1inf import training, utils
 from larq_l1inf._keras import tf
 from larq_l1inf.data import load_digits
 
@@ -215,14 +215,14 @@ class TestConfig:
 
 def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "evaluation.json"
-    training.write_atomic(str(path), "old")
+    utils.write_atomic(str(path), "old")
 
     def fail(*args):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        training.write_atomic(str(path), "new")
+        utils.write_atomic(str(path), "new")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["evaluation.json"]  # no temporary file left
 
