@@ -25,16 +25,7 @@ NAMES = list(WEIGHTINGS)
 STRICT = ["1/sqrt", "1/i", "1/i^2", "1/ln"]
 TERMS = ["noise", "pgd", "ibp"]
 
-try:
-    from larq_l1inf import ibp
-except ImportError:  # the IBP module lands on another branch
-    ibp = None
-
-needs_ibp = pytest.mark.skipif(ibp is None, reason="larq_l1inf.ibp is not merged yet")
-
-
-def term_param(term):
-    return pytest.param(term, marks=needs_ibp) if term == "ibp" else term
+from larq_l1inf import ibp
 
 
 def np_ce(logits_or_probs, y, from_logits=True):
@@ -169,7 +160,6 @@ class TestErrors:
         with pytest.raises(TypeError, match="Keras model"):
             GMRobustModel(lambda x: x, epsilon=0.1, robust="noise")
 
-    @needs_ibp
     def test_model_ibp_cannot_bound(self):
         model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Lambda(tf.square),
                                      tf.keras.layers.Dense(2)])
@@ -184,7 +174,7 @@ class TestErrors:
 
 
 class TestLoss:
-    @pytest.mark.parametrize("term", [term_param(t) for t in TERMS])
+    @pytest.mark.parametrize("term", TERMS)
     @pytest.mark.parametrize("softmax", [False, True])
     def test_one_sub_perturbation_is_the_single_epsilon_loss(self, batch, term, softmax):
         """N = 1 gives eq. 15: kappa CE(f(x)) + (1 - kappa) L_rob(eps) (+ penalty)."""
@@ -248,7 +238,6 @@ class TestLoss:
             ce = np_ce(model(block).numpy(), y)
             assert sub[i - 1] == pytest.approx(ce.mean(), rel=1e-5)
 
-    @needs_ibp
     def test_ibp_gm_loss_closed_form_on_a_linear_model(self):
         """Dense logits z = W^T x + b: bounds W^T x + b -+ |W|^T r, by hand in NumPy."""
         model, w, b = linear_model()
@@ -308,7 +297,7 @@ class TestSchedule:
             0.75 * logs["clean_loss"] + 0.25 * logs["robust_loss"] + logs["penalty"], rel=1e-6)
 
 
-@pytest.mark.parametrize("term", [term_param(t) for t in TERMS])
+@pytest.mark.parametrize("term", TERMS)
 def test_one_training_step_with_the_l1inf_penalty(batch, term):
     x, y = batch
     model = toy_bnn(kernel_regularizer=L1InfRegularizer())
