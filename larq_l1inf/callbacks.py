@@ -22,6 +22,26 @@ def _data_free_bound_terms(model):
     return dict(compute(model)) if compute is not None else {}
 
 
+def _epoch_values(model, entries, per_layer):
+    """`[(log key, scalar tensor)]`: the total penalty, then per layer its norm, alpha and term.
+
+    Plain TF ops, traced once by `L1InfCallback.logged_values`.
+    """
+    pairs = [("l1inf_penalty", penalty(model))]
+    if not per_layer:
+        return pairs
+    for entry in entries:
+        name, reg = entry.layer.name, entry.regularizer
+        w_b = binary_kernel(entry.weight, entry.depthwise)
+        pairs.append((f"l1inf_norm/{name}", l1inf_norm(w_b, entry.depthwise)))
+        alpha = scaling_factor(entry.weight, reg.alpha, entry.depthwise)
+        pairs.append((f"l1inf_alpha/{name}", tf.reduce_mean(alpha)))
+        if alpha.shape.rank == 1:
+            pairs.append((f"l1inf_alpha_max/{name}", tf.reduce_max(alpha)))
+        pairs.append((f"l1inf_term/{name}", reg.term(entry.weight, entry.depthwise)))
+    return pairs
+
+
 class L1InfCallback(tf.keras.callbacks.Callback):
     """Log the penalty per epoch into `logs`, attach the product penalty, warm up delta.
 
@@ -57,6 +77,7 @@ class L1InfCallback(tf.keras.callbacks.Callback):
         self.warmup_epochs = warmup_epochs
         self.per_layer = per_layer
         self.bounds = bounds
+        self._traced = None  # (key, tf.function, names) of `logged_values`
 
     def set_model(self, model):
         super().set_model(model)
@@ -86,25 +107,44 @@ class L1InfCallback(tf.keras.callbacks.Callback):
         if self.warmup_epochs:
             self._set_factor(self.factor(epoch))
 
+    def logged_values(self):
+        """The epoch's penalty logs as `{key: float}`, computed in one traced graph.
+
+        One `tf.function` over every penalized layer (retraced only when the layers or the
+        warm-up factors change) instead of a few eager ops per layer: eager dispatch cost
+        seconds per epoch on a ResNet-20, the graph a few milliseconds.
+        """
+        entries = penalized_layers(self.model)
+        key = (tuple(id(e.weight) for e in entries),
+               tuple(e.regularizer.warmup_factor for e in entries), bool(self.per_layer))
+        if self._traced is None or self._traced[0] != key:
+            names = []
+
+            @tf.autograph.experimental.do_not_convert
+            def compute():
+                del names[:]
+                pairs = _epoch_values(self.model, entries, self.per_layer)
+                names.extend(name for name, _ in pairs)
+                return [value for _, value in pairs]
+
+            self._traced = (key, tf.function(compute, autograph=False), names)
+        _, function, names = self._traced
+        values = function()
+        return {name: float(value) for name, value in zip(names, values)}
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        value = float(penalty(self.model))
+        values = self.logged_values()
+        value = values["l1inf_penalty"]
         if not math.isfinite(value):
             log.warning("L1InfCallback: the penalty is %s at epoch %d.", value, epoch)
         logs["l1inf_penalty"] = value
         if self.warmup_epochs:
             logs["l1inf_warmup"] = self.factor(epoch)
-        if self.per_layer:
-            for entry in penalized_layers(self.model):
-                name, reg = entry.layer.name, entry.regularizer
-                w_b = binary_kernel(entry.weight, entry.depthwise)
-                logs[f"l1inf_norm/{name}"] = float(l1inf_norm(w_b, entry.depthwise))
-                alpha = scaling_factor(entry.weight, reg.alpha, entry.depthwise)
-                logs[f"l1inf_alpha/{name}"] = float(tf.reduce_mean(alpha))
-                if alpha.shape.rank == 1:
-                    logs[f"l1inf_alpha_max/{name}"] = float(tf.reduce_max(alpha))
-                logs[f"l1inf_term/{name}"] = float(reg.term(entry.weight, entry.depthwise))
+        for name, value in values.items():
+            if name != "l1inf_penalty":
+                logs[name] = value
         if self.bounds:
             for key, term in _data_free_bound_terms(self.model).items():
                 logs[f"bound/{key}"] = float(term)

@@ -642,7 +642,10 @@ def fit(config, data=None, *, out_dir=None, verbose=None, callbacks=(), build=No
         csv_path = os.path.join(out_dir, "history.csv")
         _truncate_csv(csv_path, initial_epoch)
         recipe += [
-            tf.keras.callbacks.TensorBoard(os.path.join(out_dir, "logs")),
+            # Epoch scalars only: the graph write cost seconds at the first batch (profiling
+            # and per-batch summaries stay off too); `L1InfCallback`'s scalars are epoch logs.
+            tf.keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch",
+                                           write_graph=False, profile_batch=0),
             tf.keras.callbacks.CSVLogger(csv_path, append=initial_epoch > 0),
             tf.keras.callbacks.ModelCheckpoint(
                 os.path.join(out_dir, "checkpoints", "epoch_{epoch:03d}"), save_weights_only=True),

@@ -59,6 +59,25 @@ class TestLogging:
         assert np.isfinite(history.history["loss"][0])
         assert history.history["l1inf_penalty"][0] == pytest.approx(float(penalty(model)), rel=1e-6)
 
+    def test_logs_come_from_one_graph_traced_once_per_warmup_factor(self, monkeypatch):
+        from larq_l1inf import callbacks
+
+        traces = []
+        compute = callbacks._epoch_values
+        monkeypatch.setattr(callbacks, "_epoch_values",
+                            lambda *args: traces.append(1) or compute(*args))
+        model, x, y = model_and_data()
+        callback = L1InfCallback(warmup_epochs=2, bounds=False)
+        history = model.fit(x, y, epochs=5, batch_size=8, verbose=0, callbacks=[callback])
+        assert len(traces) == 3  # warm-up factors 0, 0.5, 1: not one trace per epoch
+        # The graph reads the variables: after fit (lr 0.05 moved them) it logs the new values.
+        values = callback.logged_values()
+        assert len(traces) == 3
+        latent = model.get_layer("bconv2").kernel.latent_variable.numpy()
+        assert values["l1inf_alpha/bconv2"] == pytest.approx(np.abs(latent).mean(), rel=1e-6)
+        assert values["l1inf_penalty"] == pytest.approx(float(penalty(model)), rel=1e-6)
+        assert values["l1inf_penalty"] == pytest.approx(history.history["l1inf_penalty"][-1], rel=1e-6)
+
     def test_model_without_penalty_warns(self, caplog):
         model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
         model.compile("sgd", "mse")
