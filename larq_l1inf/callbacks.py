@@ -4,8 +4,8 @@ import logging
 import math
 
 from larq_l1inf._keras import tf
-from larq_l1inf.kernels import binary_kernel, l1inf_norm, scaling_factor
-from larq_l1inf.regularizers import attach, penalized_layers, penalty
+from larq_l1inf.kernels import binary_kernel, is_multi_base, l1inf_norm, scaling_factor
+from larq_l1inf.regularizers import attach, kernel_term, penalized_layers, penalty
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,12 @@ class L1InfCallback(tf.keras.callbacks.Callback):
     `l1inf_alpha/<layer>` (the alpha the layer's penalty uses, its `alpha` mode through
     `larq_l1inf.kernels.scaling_factor`; for a per-channel alpha its mean, with the largest
     channel's in `l1inf_alpha_max/<layer>`) and `l1inf_term/<layer>` (the layer's term $t_j$
-    before delta and the reduction); and, with `bounds=True`, the log10 of the Theorem 4.2
-    bound terms that need no data (`bound/...`). With `warmup_epochs=k`, the penalty's delta rises
-    linearly from 0 at epoch 0 to its full value at epoch k (logged as `l1inf_warmup`).
+    before delta and the reduction). For a multi-bit layer (`larq_l1inf.mbn`) the norm is
+    that of its combined kernel $\\sum_m \\alpha_m W_b^m$ (its term before normalisation) and the
+    alpha is the mean (max) of its learned $|\\alpha_m|$. With `bounds=True`, it logs the
+    log10 of the Theorem 4.2 bound terms that need no data (`bound/...`). With
+    `warmup_epochs=k`, the penalty's delta rises linearly from 0 at epoch 0 to its full value
+    at epoch k (logged as `l1inf_warmup`).
 
     It also calls `larq_l1inf.attach(model)`, which `L1InfRegularizer(reduction="product")`
     needs.
@@ -98,13 +101,20 @@ class L1InfCallback(tf.keras.callbacks.Callback):
         if self.per_layer:
             for entry in penalized_layers(self.model):
                 name, reg = entry.layer.name, entry.regularizer
+                if is_multi_base(entry.layer):
+                    scales = tf.abs(tf.convert_to_tensor(entry.layer.weight_scale))
+                    logs[f"l1inf_norm/{name}"] = float(l1inf_norm(entry.layer.combined_kernel()))
+                    logs[f"l1inf_alpha/{name}"] = float(tf.reduce_mean(scales))
+                    logs[f"l1inf_alpha_max/{name}"] = float(tf.reduce_max(scales))
+                    logs[f"l1inf_term/{name}"] = float(kernel_term(entry))
+                    continue
                 w_b = binary_kernel(entry.weight, entry.depthwise)
                 logs[f"l1inf_norm/{name}"] = float(l1inf_norm(w_b, entry.depthwise))
                 alpha = scaling_factor(entry.weight, reg.alpha, entry.depthwise)
                 logs[f"l1inf_alpha/{name}"] = float(tf.reduce_mean(alpha))
                 if alpha.shape.rank == 1:
                     logs[f"l1inf_alpha_max/{name}"] = float(tf.reduce_max(alpha))
-                logs[f"l1inf_term/{name}"] = float(reg.term(entry.weight, entry.depthwise))
+                logs[f"l1inf_term/{name}"] = float(kernel_term(entry))
         if self.bounds:
             for key, term in _data_free_bound_terms(self.model).items():
                 logs[f"bound/{key}"] = float(term)
