@@ -60,7 +60,8 @@ from larq_l1inf.variants import Variant
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MBNConv1D", "MBNConv2D", "MBNDense", "MultiBitLayer", "mbn_variant", "weight_shifts"]
+__all__ = ["CombinedBases", "MBNConv1D", "MBNConv2D", "MBNDense", "MultiBitLayer", "mbn_variant",
+           "weight_shifts"]
 
 _register = lq.utils.register_keras_custom_object
 
@@ -159,21 +160,25 @@ class MultiBitLayer(tf.keras.layers.Layer):
         return [lq.quantizers.ste_sign(w + float(u) * std, clip_value=self.clip_value)
                 for u in weight_shifts(self.weight_bases)]
 
-    def combined_kernel(self):
-        """$\\sum_m \\alpha_m W_b^m$: the effective binary operator of the layer."""
-        bases = self.weight_bases_tensors()
+    def combined_kernel(self, latent=None):
+        """$\\sum_m \\alpha_m W_b^m$: the effective binary operator of the layer (of its own
+        kernel, or of `latent` weights of the kernel's shape)."""
+        bases = self.weight_bases_tensors(latent)
         return tf.add_n([self.weight_scale[m] * w for m, w in enumerate(bases)])
 
     def kernel_entries(self):
         """The `larq_l1inf.kernels.Kernel` of this layer (the `kernels` hook): the latent
-        kernel, binarized by `ste_sign` in every base, with this layer's penalty."""
+        kernel as a larq `QuantizedVariable` whose quantizer is `CombinedBases(self)`, so
+        `kernels.binary_kernel` and `kernels.scaling_factor` see the operator the layer
+        computes with, and this layer's penalty."""
         from larq_l1inf.kernels import Kernel
 
         if not self.built:
             return []
-        # A fresh quantizer object: kept as an attribute, Keras would track it as a sublayer.
-        quantizer = lq.quantizers.SteSign(clip_value=self.clip_value)
-        return [Kernel(self, self.kernel, quantizer, self.bases_regularizer, False)]
+        # Built on demand: kept as attributes, Keras would track them (and save them).
+        quantizer = CombinedBases(self)
+        weight = lq.quantized_variable.QuantizedVariable.from_variable(self.kernel, quantizer)
+        return [Kernel(self, weight, quantizer, self.bases_regularizer, False)]
 
     def penalty_term(self, regularizer=None):
         """The layer's term $t = \\|\\sum_m \\alpha_m W_b^m\\|_{1,\\infty}$ (the regularizer's
@@ -346,6 +351,35 @@ class MBNDense(MultiBitLayer):
             kwargs.pop(key, None)
         super().__init__(units, weight_bases=weight_bases, activation_bases=activation_bases,
                          **kwargs)
+
+
+class CombinedBases:
+    """A multi-bit layer's kernel binarization as a quantizer, for `larq_l1inf.kernels`.
+
+    $Q(W) = \\sum_m \\alpha_m \\operatorname{sign}(W + u_m \\operatorname{std} W)$, split into
+    the scale $a = \\sum_m |\\alpha_m|$ (the `scale` hook) and the unscaled $W_b = Q(W) / a$
+    with entries in [-1, 1] (the `binary_kernel` hook), so $a \\|W_b\\|_{1,\\infty}$ is the
+    combined kernel's norm, the term of the layer's penalty.
+
+    # Arguments
+    layer: a built `MultiBitLayer`.
+    """
+
+    precision = 1
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __call__(self, latent):
+        return self.layer.combined_kernel(latent)
+
+    def scale(self, latent):
+        """$a = \\sum_m |\\alpha_m|$, one value for the layer."""
+        return tf.reduce_sum(tf.abs(tf.convert_to_tensor(self.layer.weight_scale)))
+
+    def binary_kernel(self, latent):
+        """$W_b = Q(W) / a$ (0 where every $\\alpha_m$ is 0)."""
+        return tf.math.divide_no_nan(self(latent), self.scale(latent))
 
 
 @register_interval_rule(MultiBitLayer)

@@ -214,6 +214,13 @@ class TestPenaltySeesMBN:
         want = 0.3 * (t if reduction == "sum" else np.log(t))
         [own] = mbn_c.losses
         np.testing.assert_allclose(float(own), want, rtol=1e-5)
+        # kernels' W_b and alpha of the MBN kernel: alpha = sum |alpha_m|, alpha ||W_b|| = t
+        [entry] = kernels.layer_kernels(mbn_c)
+        w_b = kernels.binary_kernel(entry.weight).numpy()
+        alpha = float(kernels.scaling_factor(entry.weight))
+        np.testing.assert_allclose(alpha, 1.6, rtol=1e-6)
+        np.testing.assert_allclose(w_b * alpha, combined, atol=1e-5)
+        np.testing.assert_array_equal(kernels.latent_kernel(entry.weight).numpy(), mbn_c.kernel.numpy())
 
     def test_warmup_and_logging_reach_mbn_layers(self):
         from larq_l1inf import L1InfCallback, l1inf_norm, penalty
