@@ -970,6 +970,12 @@ def write_plots(out_dir, model=None, data=None, epsilon=None, seed=0):
     if model is not None:
         written.append(plots.weight_histograms(model, os.path.join(out_dir, "weight_histograms.png")))
         if data is not None and plots.binary_layers(model):
+            try:
+                plots.first_binary_conv(model)
+            except ValueError as error:
+                # e.g. multi-bit (MBN) convolutions, binary for the penalty but no larq conv.
+                log.warning("No feature_maps.png: %s", error)
+                return [os.fspath(p) for p in written]
             from larq_l1inf.evaluation import noisy_inputs
 
             x = data.arrays("test")[0][:1]

@@ -171,7 +171,10 @@ class TestGMRobustTraining:
         from larq_l1inf.robust import GMRobustModel
 
         out = tmp_path / "gm"
-        code = cli.main(["train", *TINY, "--regularizer", "l1inf", "--robust", "noise",
+        # One run for two features: GM training, and the recipe on the MBN variant (penalty
+        # logged per MBN layer; feature maps skipped, as plots finds no larq binary conv).
+        code = cli.main(["train", *TINY, "--variant", "mbn", "--variant-option", "weight_bases=2",
+                         "--regularizer", "l1inf", "--robust", "noise",
                          "--robust-epsilon", "0.05", "0.1", "--gm-n", "2", "--gm-weights", "1/i",
                          "--gm-kappa", "0.7", "--gm-rampup-epochs", "1", "--no-convert",
                          "--out", str(out)])
@@ -181,7 +184,9 @@ class TestGMRobustTraining:
                 config["gm_kappa"], config["gm_rampup_epochs"]) == ("noise", [0.05, 0.1], 2, "1/i",
                                                                     0.7, 1)
         header = (out / "history.csv").read_text().splitlines()[0].split(",")
-        assert {"robust_loss", "clean_loss", "kappa", "l1inf_penalty"} <= set(header)
+        assert {"robust_loss", "clean_loss", "kappa", "l1inf_penalty",
+                "l1inf_term/mbn_conv2d"} <= set(header)
+        assert config["variant_options"] == {"weight_bases": 2}
         loaded = tf.keras.models.load_model(str(out / "model"))
         assert not isinstance(loaded, GMRobustModel) and loaded.output_shape[-1] == 10
 
