@@ -4,8 +4,8 @@ import logging
 import math
 
 from larq_l1inf._keras import tf
-from larq_l1inf.kernels import binary_kernel, l1inf_norm, scaling_factor
-from larq_l1inf.regularizers import attach, penalized_layers, penalty
+from larq_l1inf.kernels import binary_kernel, is_multi_base, l1inf_norm, scaling_factor
+from larq_l1inf.regularizers import attach, kernel_term, penalized_layers, penalty
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,20 @@ def _epoch_values(model, entries, per_layer):
         return pairs
     for entry in entries:
         name, reg = entry.layer.name, entry.regularizer
+        if is_multi_base(entry.layer):  # MBN: the combined kernel, alpha = its learned |alpha_m|
+            scales = tf.abs(tf.convert_to_tensor(entry.layer.weight_scale))
+            pairs += [(f"l1inf_norm/{name}", l1inf_norm(entry.layer.combined_kernel())),
+                      (f"l1inf_alpha/{name}", tf.reduce_mean(scales)),
+                      (f"l1inf_alpha_max/{name}", tf.reduce_max(scales)),
+                      (f"l1inf_term/{name}", kernel_term(entry))]
+            continue
         w_b = binary_kernel(entry.weight, entry.depthwise)
         pairs.append((f"l1inf_norm/{name}", l1inf_norm(w_b, entry.depthwise)))
         alpha = scaling_factor(entry.weight, reg.alpha, entry.depthwise)
         pairs.append((f"l1inf_alpha/{name}", tf.reduce_mean(alpha)))
         if alpha.shape.rank == 1:
             pairs.append((f"l1inf_alpha_max/{name}", tf.reduce_max(alpha)))
-        pairs.append((f"l1inf_term/{name}", reg.term(entry.weight, entry.depthwise)))
+        pairs.append((f"l1inf_term/{name}", kernel_term(entry)))
     return pairs
 
 
@@ -51,9 +58,12 @@ class L1InfCallback(tf.keras.callbacks.Callback):
     `l1inf_alpha/<layer>` (the alpha the layer's penalty uses, its `alpha` mode through
     `larq_l1inf.kernels.scaling_factor`; for a per-channel alpha its mean, with the largest
     channel's in `l1inf_alpha_max/<layer>`) and `l1inf_term/<layer>` (the layer's term $t_j$
-    before delta and the reduction); and, with `bounds=True`, the log10 of the Theorem 4.2
-    bound terms that need no data (`bound/...`). With `warmup_epochs=k`, the penalty's delta rises
-    linearly from 0 at epoch 0 to its full value at epoch k (logged as `l1inf_warmup`).
+    before delta and the reduction). For a multi-bit layer (`larq_l1inf.mbn`) the norm is
+    that of its combined kernel $\\sum_m \\alpha_m W_b^m$ (its term before normalisation) and the
+    alpha is the mean (max) of its learned $|\\alpha_m|$. With `bounds=True`, it logs the
+    log10 of the Theorem 4.2 bound terms that need no data (`bound/...`). With
+    `warmup_epochs=k`, the penalty's delta rises linearly from 0 at epoch 0 to its full value
+    at epoch k (logged as `l1inf_warmup`).
 
     It also calls `larq_l1inf.attach(model)`, which `L1InfRegularizer(reduction="product")`
     needs.

@@ -468,9 +468,10 @@ def register_train(subparsers):
     add("--out", metavar="DIR",
         help="run directory (default runs/DATASET-BACKBONE-VARIANT-REGULARIZER-seedSEED)")
     add("--variant", help="BNN variant: bnn, xnor, dorefa, bireal, reactnet, irnet, abc, adabin, "
-                          "cyclebnn (default bnn)")
+                          "cyclebnn, mbn (default bnn)")
     add("--variant-option", action="append", metavar="KEY=VALUE",
-        help="an option of the variant, e.g. a_bits=2 for dorefa (repeatable)")
+        help="an option of the variant, e.g. a_bits=2 for dorefa, weight_bases=3 for mbn "
+             "(repeatable)")
     add("--backbone", help="resnet20 (default), resnet18, resnet34, vgg_small, conv1d, demo")
     add("--width", type=int, help="channels of the backbone's first stage")
     add("--dataset", help="a dataset of larq_l1inf.data (default digits)")
@@ -507,6 +508,18 @@ def register_train(subparsers):
     add("--pgd-iterations", type=int, help="PGD steps (default 20)")
     add("--convert", action=argparse.BooleanOptionalAction,
         help="convert with LCE and evaluate the flatbuffer (default on)")
+    add("--robust", choices=("none", "ibp", "pgd", "noise"),
+        help="GM robust training (larq_l1inf.robust.GMRobustModel) with this robust term "
+             "(default none); the saved model is the inner model")
+    add("--robust-epsilon", type=float, nargs="+", metavar="E",
+        help="GM's final perturbation size E, or LO HI for --robust noise")
+    add("--gm-n", type=int, help="GM robustness size N, sub-perturbations per step (default 5)")
+    add("--gm-weights", choices=("1/sqrt", "1/i", "1/i^2", "1/ln", "constant"),
+        help="GM weights c_i (default 1/sqrt)")
+    add("--gm-kappa", type=float, help="GM final balance of clean and robust loss (default 0.5)")
+    add("--gm-warmup-epochs", type=int, help="GM clean-only warm-up epochs (default 0)")
+    add("--gm-rampup-epochs", type=int,
+        help="GM epochs over which epsilon and kappa reach their final values (default 0)")
     add("--convert-in-process", action="store_true", default=False,
         help="run the LCE converter in this process")
     parser.set_defaults(func=run_train, error=command_error)

@@ -152,11 +152,15 @@ class LayerDiagnosis:
     layer: the Keras layer.
     binarizable: whether LCE turns it into `LceBconv2d`.
     reasons: why not (each says what to change), or notes that do not block it.
+    convs: how many binary 2-D convolutions the layer is (M x N for a multi-bit
+        `larq_l1inf.mbn` layer, 1 for a larq `QuantConv2D`, 0 for other kinds); a binarizable
+        layer becomes that many `LceBconv2d`.
     """
 
     layer: object
     binarizable: bool
     reasons: list
+    convs: int = 1
 
     @property
     def name(self):
@@ -232,7 +236,10 @@ def diagnose(model):
     behaviour. Notes, which do not block it: an input quantizer that maps 0 to -1 (LCE's sign
     gives +1), and `padding="same"` with `pad_values=0` (LCE adds a correction;
     `pad_values=1.0` is its direct path). 1-D convolutions, depthwise convolutions and dense
-    layers have no binary LCE operator and stay float (a note, not a failure).
+    layers have no binary LCE operator and stay float (a note, not a failure). A multi-bit
+    `MBNConv2D` of M weight and N activation bases (`larq_l1inf.mbn`, found through
+    `larq_l1inf.kernels.is_multi_base`) is M x N sign-input, +-1-kernel convolutions: one
+    diagnosis with `convs = M * N`.
 
     # Arguments
     model: a built Keras model.
@@ -255,6 +262,9 @@ def diagnose(model):
     """
     found = []
     for layer in kernels.model_layers(model):
+        if kernels.is_multi_base(layer) and kernels.is_binary(layer):
+            found.append(_multi_base_diagnosis(layer))
+            continue
         if not isinstance(layer, lq.layers_base.QuantizerBase):
             continue
         input_binary = kernels.is_binary_quantizer(getattr(layer, "input_quantizer", None))
@@ -265,7 +275,7 @@ def diagnose(model):
                     lq.layers.QuantDepthwiseConv2D: "depthwise convolution"}.get(type(layer), "layer")
             found.append(LayerDiagnosis(layer, False, [
                 f"(note) a binary {kind} ({type(layer).__name__}) stays float: LCE has a binary "
-                "operator only for 2-D convolutions"]))
+                "operator only for 2-D convolutions"], convs=0))
             continue
         reasons = _input_reasons(layer) + _kernel_reasons(layer)
         binarizable = all("(note)" in reason for reason in reasons)
@@ -275,6 +285,22 @@ def diagnose(model):
                            "direct binary padding; zero padding needs a correction step")
         found.append(LayerDiagnosis(layer, binarizable, reasons))
     return found
+
+
+def _multi_base_diagnosis(layer):
+    """A multi-bit layer (`larq_l1inf.mbn`): each of its M x N base pairs is a sign input
+    convolved with a +-1 kernel, so a 2-D one becomes M x N `LceBconv2d`."""
+    pairs = int(layer.weight_bases) * int(layer.activation_bases)
+    if getattr(layer, "rank", None) != 2:
+        kind = "1-D convolution" if getattr(layer, "rank", None) == 1 else "dense layer"
+        return LayerDiagnosis(layer, False, [
+            f"(note) a binary multi-bit {kind} ({type(layer).__name__}) stays float: LCE has a "
+            "binary operator only for 2-D convolutions"], convs=0)
+    reasons = []
+    if layer.padding == "same" and float(layer.pad_values) != 1.0:
+        reasons.append("padding='same' with pad_values=0 (note): set pad_values=1.0, LCE's "
+                       "direct binary padding; zero padding needs a correction step")
+    return LayerDiagnosis(layer, True, reasons, convs=pairs)
 
 
 def deployment_issues(model):
@@ -298,7 +324,7 @@ def deployment_issues(model):
 
 
 def _binary_convs(diagnoses):
-    return [d for d in diagnoses if isinstance(d.layer, lq.layers.QuantConv2D)]
+    return [d for d in diagnoses if d.convs]
 
 
 def binarization_problems(model):
@@ -316,7 +342,8 @@ class BinarizationReport:
     """How the binary convolutions of a Keras model ended up in its flatbuffer.
 
     # Attributes
-    binary_convs: number of `QuantConv2D` layers with a 1-bit input or kernel quantizer.
+    binary_convs: number of binary 2-D convolutions: `QuantConv2D` layers with a 1-bit input
+        or kernel quantizer, and M x N for every M x N multi-bit `MBNConv2D`.
     binarizable: how many of them `diagnose` expects as `LceBconv2d`.
     lce_bconv2d: number of `LceBconv2d` operators in the flatbuffer.
     float_convs: number of float `CONV_2D` / `DEPTHWISE_CONV_2D` operators in it.
@@ -361,7 +388,8 @@ class BinarizationReport:
 def check_binarized(flatbuffer, model, on_failure="raise"):
     """Check that every binary convolution of `model` became `LceBconv2d` in `flatbuffer`.
 
-    A `QuantConv2D` with a 1-bit input or kernel quantizer counts as a binary convolution.
+    A `QuantConv2D` with a 1-bit input or kernel quantizer counts as a binary convolution, an
+    M x N multi-bit `MBNConv2D` as M x N.
     When fewer `LceBconv2d` operators than binary convolutions are in the flatbuffer, the
     message names the layers `diagnose` found and what to change.
 
@@ -384,8 +412,8 @@ def check_binarized(flatbuffer, model, on_failure="raise"):
     diagnoses = diagnose(model)
     convs = _binary_convs(diagnoses)
     report = BinarizationReport(
-        binary_convs=len(convs),
-        binarizable=sum(d.binarizable for d in convs),
+        binary_convs=sum(d.convs for d in convs),
+        binarizable=sum(d.convs for d in convs if d.binarizable),
         lce_bconv2d=counts.get(BCONV_OP, 0),
         float_convs=sum(counts.get(op, 0) for op in FLOAT_CONV_OPS),
         problems=[(d.name, d.reasons) for d in diagnoses if d.reasons],

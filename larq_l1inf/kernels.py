@@ -20,6 +20,13 @@ A quantizer may define two hooks: `binary_kernel(latent)` (the unscaled `W_b`) a
 quantizer is probed on the layer's own latent weights: if its output has magnitude 1 it is
 unscaled (`W_b = Q(W_F)`), otherwise its per-output-channel magnitude is its scale and
 `W_b = Q(W_F) / scale`.
+
+A layer whose kernels do not sit under larq's attribute names (a multi-bit layer of
+`larq_l1inf.mbn`, which binarizes one latent kernel into several bases) defines the layer hook
+`kernel_entries()`, returning its `Kernel` tuples. If it computes its own penalty term it also
+defines `penalty_term(regularizer=None)` (the term before delta and the reduction, see
+`larq_l1inf.regularizers.kernel_term`) and `combined_kernel()`, the kernel-shaped operator it
+computes with (scales included); `is_multi_base(layer)` tells such layers apart.
 """
 
 import collections
@@ -36,6 +43,7 @@ __all__ = [
     "binary_kernels",
     "is_binary",
     "is_binary_quantizer",
+    "is_multi_base",
     "kernel_rows",
     "l1inf_norm",
     "latent_kernel",
@@ -82,8 +90,23 @@ def is_binary_quantizer(quantizer):
 
 
 def is_binary(layer):
-    """Whether a layer has a binary kernel (or depthwise) quantizer, decided as larq does."""
+    """Whether a layer has a binary kernel (or depthwise) quantizer, decided as larq does
+    (for a layer with the `kernel_entries()` hook: one of its entries has)."""
+    if _entries_hook(layer) is not None:
+        return bool(layer_kernels(layer, binary=True))
     return any(is_binary_quantizer(getattr(layer, q, None)) for _, q, _ in KERNEL_ATTRIBUTES)
+
+
+def is_multi_base(layer):
+    """Whether a layer computes with several binary bases of one kernel and its own penalty
+    term (the hooks `kernel_entries`, `penalty_term` and `combined_kernel`; `larq_l1inf.mbn`)."""
+    return all(callable(getattr(layer, hook, None))
+               for hook in ("kernel_entries", "penalty_term", "combined_kernel"))
+
+
+def _entries_hook(layer):
+    hook = getattr(layer, "kernel_entries", None)
+    return hook if callable(hook) else None
 
 
 def model_layers(model):
@@ -140,6 +163,10 @@ def layer_kernels(layer, binary=None):
     # Returns
     A list of `Kernel` (empty for a layer without a kernel).
     """
+    hook = _entries_hook(layer)
+    if hook is not None:
+        return [entry for entry in hook()
+                if binary is None or binary == is_binary_quantizer(entry.quantizer)]
     found = []
     for weight_attr, quantizer_attr, regularizer_attr in KERNEL_ATTRIBUTES:
         weight = getattr(layer, weight_attr, None)

@@ -60,7 +60,8 @@ from larq_l1inf.variants import Variant
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MBNConv1D", "MBNConv2D", "MBNDense", "MultiBitLayer", "mbn_variant", "weight_shifts"]
+__all__ = ["CombinedBases", "MBNConv1D", "MBNConv2D", "MBNDense", "MultiBitLayer", "mbn_variant",
+           "weight_shifts"]
 
 _register = lq.utils.register_keras_custom_object
 
@@ -110,8 +111,8 @@ class MultiBitLayer(tf.keras.layers.Layer):
         self.pad_values = float(pad_values)
         self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
         self.kernel_constraint = tf.keras.constraints.get(kernel_constraint)
-        # Not `kernel_regularizer`: the core's penalized_layers() would read that as a penalty
-        # on the latent float kernel; this layer computes its term itself (see `penalty`).
+        # Not `kernel_regularizer`: the layer computes its term itself (`penalty_term`) and
+        # hands the regularizer to `larq_l1inf.kernels` through `kernel_entries`.
         self.bases_regularizer = tf.keras.regularizers.get(kernel_regularizer)
         reg = self.bases_regularizer
         if reg is not None and not isinstance(reg, KernelPenalty):
@@ -159,29 +160,56 @@ class MultiBitLayer(tf.keras.layers.Layer):
         return [lq.quantizers.ste_sign(w + float(u) * std, clip_value=self.clip_value)
                 for u in weight_shifts(self.weight_bases)]
 
-    def combined_kernel(self):
-        """$\\sum_m \\alpha_m W_b^m$: the effective binary operator of the layer."""
-        bases = self.weight_bases_tensors()
+    def combined_kernel(self, latent=None):
+        """$\\sum_m \\alpha_m W_b^m$: the effective binary operator of the layer (of its own
+        kernel, or of `latent` weights of the kernel's shape)."""
+        bases = self.weight_bases_tensors(latent)
         return tf.add_n([self.weight_scale[m] * w for m, w in enumerate(bases)])
 
-    def penalty(self):
-        """This layer's L1,inf loss: `delta * t` (or `delta * log t`) with
-        $t = \\|\\sum_m \\alpha_m W_b^m\\|_{1,\\infty}$, divided by the fan-in if the
-        regularizer normalizes."""
-        reg = self.bases_regularizer
-        if reg is None or reg.delta == 0:
-            return tf.zeros(())
+    def kernel_entries(self):
+        """The `larq_l1inf.kernels.Kernel` of this layer (the `kernels` hook): the latent
+        kernel as a larq `QuantizedVariable` whose quantizer is `CombinedBases(self)`, so
+        `kernels.binary_kernel` and `kernels.scaling_factor` see the operator the layer
+        computes with, and this layer's penalty."""
+        from larq_l1inf.kernels import Kernel
+
+        if not self.built:
+            return []
+        # Built on demand: kept as attributes, Keras would track them (and save them).
+        quantizer = CombinedBases(self)
+        weight = lq.quantized_variable.QuantizedVariable.from_variable(self.kernel, quantizer)
+        return [Kernel(self, weight, quantizer, self.bases_regularizer, False)]
+
+    def penalty_term(self, regularizer=None):
+        """The layer's term $t = \\|\\sum_m \\alpha_m W_b^m\\|_{1,\\infty}$ (the regularizer's
+        `layer_term` of the combined kernel, alpha = 1), divided by the fan-in if the
+        regularizer normalizes; before delta and the reduction.
+
+        # Arguments
+        regularizer: a `KernelPenalty`; None for the layer's own.
+        """
+        reg = self.bases_regularizer if regularizer is None else regularizer
+        if reg is None:
+            raise ValueError(f"{self.name}: the layer has no kernel_regularizer to evaluate.")
         bases = self.weight_bases_tensors()
         if not reg.quantizer_gradient:
             bases = [tf.stop_gradient(b) for b in bases]
         alpha = self.weight_scale if reg.alpha_gradient else tf.stop_gradient(self.weight_scale)
-        rows = kernel_rows(tf.add_n([alpha[m] * b for m, b in enumerate(bases)]))
+        combined = tf.add_n([alpha[m] * b for m, b in enumerate(bases)])
         # The combined kernel's norm, not a per-base sum: it is the operator norm the bound
         # multiplies, and alpha_m is its scale, so the regularizer's alpha mode is not applied.
-        term = tf.reduce_max(tf.reduce_sum(tf.abs(rows), axis=1))
+        term = reg.layer_term(tf.cast(combined, tf.float32), tf.ones(()), False)
         if reg.normalize:
-            term = term / float(rows.shape[1])
-        return reg.warmup_factor * reg.reduce(term)
+            term = term / float(kernel_rows(combined).shape[1])
+        return term
+
+    def penalty(self):
+        """This layer's loss: `warmup_factor * delta * t` (or `delta * log t`), with `t` from
+        `penalty_term`; `larq_l1inf.penalty(model)` adds up the same values."""
+        reg = self.bases_regularizer
+        if reg is None or reg.delta == 0:
+            return tf.zeros(())
+        return reg.warmup_factor * reg.reduce(self.penalty_term())
 
     def base_macs(self):
         """MACs of one base pair (one binary convolution) per sample."""
@@ -325,6 +353,35 @@ class MBNDense(MultiBitLayer):
                          **kwargs)
 
 
+class CombinedBases:
+    """A multi-bit layer's kernel binarization as a quantizer, for `larq_l1inf.kernels`.
+
+    $Q(W) = \\sum_m \\alpha_m \\operatorname{sign}(W + u_m \\operatorname{std} W)$, split into
+    the scale $a = \\sum_m |\\alpha_m|$ (the `scale` hook) and the unscaled $W_b = Q(W) / a$
+    with entries in [-1, 1] (the `binary_kernel` hook), so $a \\|W_b\\|_{1,\\infty}$ is the
+    combined kernel's norm, the term of the layer's penalty.
+
+    # Arguments
+    layer: a built `MultiBitLayer`.
+    """
+
+    precision = 1
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __call__(self, latent):
+        return self.layer.combined_kernel(latent)
+
+    def scale(self, latent):
+        """$a = \\sum_m |\\alpha_m|$, one value for the layer."""
+        return tf.reduce_sum(tf.abs(tf.convert_to_tensor(self.layer.weight_scale)))
+
+    def binary_kernel(self, latent):
+        """$W_b = Q(W) / a$ (0 where every $\\alpha_m$ is 0)."""
+        return tf.math.divide_no_nan(self(latent), self.scale(latent))
+
+
 @register_interval_rule(MultiBitLayer)
 def _mbn_interval(layer, box, training):
     return layer.interval(box[0] if isinstance(box, list) else box)
@@ -344,6 +401,7 @@ class MBNVariant(Variant):
             lambda: lq.quantizers.SteSign(),
             kernel_constraint="weight_clip",
             lce_binary=True,
+            lce_convs=pairs,
             lce_note=(f"{self.weight_bases} x {self.activation_bases} bases: {pairs} sign-input, "
                       "+-1-kernel convolutions per layer, each an LceBconv2d (2-D only)"),
         )
@@ -364,8 +422,8 @@ class MBNVariant(Variant):
 
 
 def mbn_variant(weight_bases=3, activation_bases=1, **_):
-    """The MBN `Variant` (register as `VARIANTS["mbn"]`): every binary conv an M x N multi-bit
-    binary conv. MBN3x1 is the default, the trade-off Frickenstein et al. recommend (sec. 4.2).
+    """The MBN `Variant` (`VARIANTS["mbn"]`, `get_variant("mbn", weight_bases=M,
+    activation_bases=N)`): every binary conv an M x N multi-bit binary conv. MBN3x1 is the default, the trade-off Frickenstein et al. recommend (sec. 4.2).
 
     # Raises
     ValueError: for bases < 1.

@@ -40,7 +40,9 @@ __all__ = [
     "binary_kernel",
     "get",
     "is_binary",
+    "kernel_contribution",
     "kernel_rows",
+    "kernel_term",
     "l1inf_norm",
     "penalized_layers",
     "penalty",
@@ -364,9 +366,40 @@ def penalized_layers(model):
     tuples `(layer, weight, quantizer, regularizer, depthwise)`.
 
     Nested models and layers are searched too (`larq_l1inf.kernels.model_kernels`), each
-    layer once.
+    layer once; a multi-bit layer (`larq_l1inf.mbn`) appears through its `kernel_entries()`
+    hook with the regularizer it computes its own loss with.
     """
     return [k for k in kernels.model_kernels(model) if isinstance(k.regularizer, KernelPenalty)]
+
+
+def kernel_term(entry, regularizer=None):
+    """The term `t_j` of one `penalized_layers` entry, before delta and the reduction.
+
+    A larq layer's term is `regularizer.term(weight)`; a layer with the `penalty_term`
+    hook (a multi-bit layer, `larq_l1inf.kernels.is_multi_base`) computes its own, e.g.
+    $\|\sum_m \alpha_m W_b^m\|_{1,\infty}$.
+
+    # Arguments
+    entry: a `larq_l1inf.kernels.Kernel`.
+    regularizer: the `KernelPenalty` to evaluate; None for the entry's own.
+
+    # Returns
+    A float32 scalar tensor.
+    """
+    reg = entry.regularizer if regularizer is None else regularizer
+    hook = getattr(entry.layer, "penalty_term", None)
+    if callable(hook):
+        return hook(reg)
+    return reg.term(entry.weight, depthwise=entry.depthwise)
+
+
+def kernel_contribution(entry, regularizer=None):
+    """One entry's loss contribution `warmup_factor * reduce(t_j)` (`"sum"`/`"log"` only: a
+    `"product"` layer contributes through the model-level product, see `penalty`)."""
+    reg = entry.regularizer if regularizer is None else regularizer
+    if reg.delta == 0:
+        return tf.zeros(())
+    return reg.warmup_factor * reg.reduce(kernel_term(entry, reg))
 
 
 def _product_groups(entries):
@@ -382,12 +415,8 @@ def _product_groups(entries):
     return entries
 
 
-def _layer_term(entry):
-    return entry.regularizer.term(entry.weight, depthwise=entry.depthwise)
-
-
 def _log_product(entries):
-    return tf.add_n([tf.math.log(tf.maximum(_layer_term(k), _TERM_FLOOR)) for k in entries])
+    return tf.add_n([tf.math.log(tf.maximum(kernel_term(k), _TERM_FLOOR)) for k in entries])
 
 
 def _product_penalty(entries):
@@ -428,7 +457,7 @@ def penalty(model):
         reg = entry.regularizer
         if reg.reduction == "product" or reg.delta == 0:
             continue
-        parts.append(reg.warmup_factor * reg.reduce(_layer_term(entry)))
+        parts.append(kernel_contribution(entry))
     products = _product_groups(entries)
     if products:
         parts.append(_product_penalty(products))

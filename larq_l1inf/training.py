@@ -77,6 +77,8 @@ REGULARIZERS = ("none", "l1inf", "l1", "spectral", "absum", "lcr")
 #: Settings that may differ between a run and its resumption: they change how, not what, is
 #: trained.
 RUNTIME_KEYS = ("out_dir", "verbose", "distribute")
+#: `TrainConfig.robust`: no robust training, or GM training with this robust term.
+ROBUST = ("none", "ibp", "pgd", "noise")
 
 
 class ConfigMismatchError(ValueError):
@@ -126,6 +128,12 @@ class TrainConfig:
     draws: noise draws of the evaluation.
     pgd_epsilon, pgd_iterations: PGD of the evaluation (None: no PGD).
     convert: convert the final model with LCE and evaluate the flatbuffer too.
+    robust: `"none"`, or train with GM robust training (`larq_l1inf.robust.GMRobustModel`)
+        whose robust term is `"ibp"`, `"pgd"` or `"noise"`.
+    robust_epsilon: GM's final perturbation size: a number, or `[lo, hi]` (`"noise"` only).
+    gm_n, gm_weights, gm_kappa: GM's robustness size N, weighting `c_i` and final kappa.
+    gm_warmup_epochs, gm_rampup_epochs: GM's clean-only warm-up and epsilon/kappa ramp-up,
+        in epochs (times the steps per epoch give `GMRobustModel`'s step counts).
     """
 
     variant: str = "bnn"
@@ -157,6 +165,13 @@ class TrainConfig:
     pgd_epsilon: float = None
     pgd_iterations: int = 20
     convert: bool = True
+    robust: str = "none"
+    robust_epsilon: list = None
+    gm_n: int = 5
+    gm_weights: str = "1/sqrt"
+    gm_kappa: float = 0.5
+    gm_warmup_epochs: int = 0
+    gm_rampup_epochs: int = 0
 
     @classmethod
     def from_dict(cls, values):
@@ -238,7 +253,39 @@ class TrainConfig:
                 raise ValueError(f"--epsilon needs 0 <= LO <= HI, got {lo} {hi}.")
         if self.pgd_epsilon is not None and not _positive(self.pgd_epsilon):
             raise ValueError(f"`pgd_epsilon` must be > 0, got {self.pgd_epsilon!r}.")
+        self._validate_robust()
         return self
+
+    def _validate_robust(self):
+        if self.robust not in ROBUST:
+            raise ValueError(f"`robust` must be one of {list(ROBUST)}, got {self.robust!r}.")
+        gm_set = [k for k in ("robust_epsilon", "gm_n", "gm_weights", "gm_kappa",
+                              "gm_warmup_epochs", "gm_rampup_epochs")
+                  if getattr(self, k) != getattr(TrainConfig, k, None)]
+        if self.robust == "none":
+            if gm_set:
+                raise ValueError(
+                    f"{gm_set} are settings of GM robust training; add --robust ibp, pgd or "
+                    "noise (or drop them)."
+                )
+            return
+        if self.robust_epsilon is None:
+            raise ValueError(f"--robust {self.robust} needs --robust-epsilon E (or LO HI for noise).")
+        values = self.robust_epsilon if isinstance(self.robust_epsilon, (list, tuple)) \
+            else [self.robust_epsilon]
+        if len(values) not in (1, 2) or not all(_positive(v) for v in values):
+            raise ValueError(f"`robust_epsilon` must be one or two numbers > 0, got {values!r}.")
+        if len(values) == 2 and self.robust != "noise":
+            raise ValueError("--robust-epsilon LO HI (a range) is for --robust noise only; "
+                             f"give one radius for --robust {self.robust}.")
+        if self.regularizer == "lcr" or self.noise_augment is not None:
+            raise ValueError("--robust cannot be combined with --regularizer lcr or "
+                             "--noise-augment yet.")
+        _check_int(self.gm_n, "gm_n", 1)
+        _check_int(self.gm_warmup_epochs, "gm_warmup_epochs", 0)
+        _check_int(self.gm_rampup_epochs, "gm_rampup_epochs", 0)
+        if not isinstance(self.gm_kappa, (int, float)) or not 0 < self.gm_kappa < 1:
+            raise ValueError(f"`gm_kappa` must be in (0, 1), got {self.gm_kappa!r}.")
 
 
 def _plain(value):
@@ -619,9 +666,12 @@ def fit(config, data=None, *, out_dir=None, verbose=None, callbacks=(), build=No
         model, deploy_model = (build or build_model)(config, data)
         if config.regularizer == "lcr":
             model = _lcr_model(model, config)
+        if config.robust != "none":
+            model = gm_model(model, config, steps)
         model.compile(
             optimizer=_optimizer(config, steps),
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(
+            # GMRobustModel brings its own cross-entropy (from logits or softmax).
+            loss=None if config.robust != "none" else tf.keras.losses.SparseCategoricalCrossentropy(
                 from_logits=_outputs_logits(deploy_model)),
             metrics=["accuracy"],
             jit_compile=bool(config.jit_compile),
@@ -681,6 +731,21 @@ def _outputs_logits(model):
     last = model.layers[-1]
     activation = getattr(last, "activation", None)
     return getattr(activation, "__name__", "") != "softmax"
+
+
+def gm_model(model, config, steps_per_epoch):
+    """`model` wrapped in `larq_l1inf.robust.GMRobustModel` with the config's GM settings;
+    warm-up and ramp-up epochs become steps (times `steps_per_epoch`)."""
+    from larq_l1inf.robust import GMRobustModel
+
+    epsilon = config.robust_epsilon
+    if isinstance(epsilon, (list, tuple)):
+        epsilon = float(epsilon[0]) if len(epsilon) == 1 else tuple(float(e) for e in epsilon)
+    return GMRobustModel(
+        model, epsilon=epsilon, robust=config.robust, robustness_size=config.gm_n,
+        weighting=config.gm_weights, kappa=float(config.gm_kappa),
+        warmup_steps=config.gm_warmup_epochs * steps_per_epoch,
+        rampup_steps=config.gm_rampup_epochs * steps_per_epoch, seed=config.seed)
 
 
 def _lcr_model(model, config):
@@ -908,6 +973,12 @@ def write_plots(out_dir, model=None, data=None, epsilon=None, seed=0):
     if model is not None:
         written.append(plots.weight_histograms(model, os.path.join(out_dir, "weight_histograms.png")))
         if data is not None and plots.binary_layers(model):
+            try:
+                plots.first_binary_conv(model)
+            except ValueError as error:
+                # e.g. multi-bit (MBN) convolutions, binary for the penalty but no larq conv.
+                log.warning("No feature_maps.png: %s", error)
+                return [os.fspath(p) for p in written]
             from larq_l1inf.evaluation import noisy_inputs
 
             x = data.arrays("test")[0][:1]

@@ -16,6 +16,7 @@ schedules in `larq_l1inf.callbacks`; this module is the registry.
 | `abc` | Lin et al. NeurIPS 2017 | `ABCWeight(M)` | `ABCActivation(N)` | basic |
 | `adabin` | Tu et al. ECCV 2022 | `AdaBinWeight` | `AdaBinActivation`, `Maxout` | basic |
 | `cyclebnn` | Fontana et al. 2024 | `CyclicSign` | `CyclicSign`, `GradientQuantizer` | basic |
+| `mbn` | Frickenstein et al. IntelliSys 2023 | M bases `ste_sign(W + u_m std W)` | N bases `ste_sign(x + v_n)` | basic (`larq_l1inf.mbn` layers) |
 
 !!! example
     ```python
@@ -83,6 +84,7 @@ class Variant:
     per_conv_shortcut: real-valued shortcut around every binary conv.
     kernel_constraint: the conv's kernel constraint (e.g. "weight_clip").
     lce_binary: whether LCE can run this conv as `LceBconv2d`; `lce_note` says why not.
+    lce_convs: how many `LceBconv2d` one binary conv becomes (M x N for a multi-bit conv).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Variant:
         lce_binary=True,
         lce_note="",
         schedules=(),
+        lce_convs=1,
     ):
         self.name = name
         self._kernel_quantizer = kernel_quantizer
@@ -107,6 +110,7 @@ class Variant:
         self.kernel_constraint = kernel_constraint
         self.lce_binary = lce_binary
         self.lce_note = lce_note
+        self.lce_convs = int(lce_convs)
         self.schedules = tuple(schedules)
 
     def __repr__(self):
@@ -268,6 +272,13 @@ def _cyclebnn(**_):
     )
 
 
+def _mbn(weight_bases=3, activation_bases=1, **_):
+    # Imported here: larq_l1inf.mbn imports this module (its variant subclasses `Variant`).
+    from larq_l1inf import mbn
+
+    return mbn.mbn_variant(weight_bases, activation_bases)
+
+
 #: Variant name -> factory taking the variant's options (e.g. `dorefa`: w_bits, a_bits).
 VARIANTS = {
     "bnn": _bnn,
@@ -279,6 +290,7 @@ VARIANTS = {
     "abc": _abc,
     "adabin": _adabin,
     "cyclebnn": _cyclebnn,
+    "mbn": _mbn,
 }
 
 
@@ -288,7 +300,8 @@ def get_variant(identifier, **options):
     # Arguments
     identifier: a name such as `"irnet"` or a `Variant`.
     options: the variant's options, e.g. `get_variant("dorefa", a_bits=1)`,
-        `get_variant("abc", weight_bases=5, activation_bases=1)`.
+        `get_variant("abc", weight_bases=5, activation_bases=1)`,
+        `get_variant("mbn", weight_bases=3, activation_bases=1)`.
 
     # Raises
     ValueError: for an unknown name.
@@ -297,7 +310,8 @@ def get_variant(identifier, **options):
         return identifier
     key = str(identifier).lower().replace("-", "").replace("_", "")
     aliases = {"xnornet": "xnor", "birealnet": "bireal", "react": "reactnet", "ir": "irnet",
-               "abcnet": "abc", "dorefanet": "dorefa", "cycle": "cyclebnn"}
+               "abcnet": "abc", "dorefanet": "dorefa", "cycle": "cyclebnn",
+               "multibit": "mbn"}
     key = aliases.get(key, key)
     if key not in VARIANTS:
         raise ValueError(f"Unknown BNN variant {identifier!r}; choose one of {sorted(VARIANTS)}.")

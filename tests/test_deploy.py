@@ -278,8 +278,12 @@ class TestCheckBinarized:
         model, names, flatbuffer_ = diagnosed
         bconv = sorted(names[op.output_shapes[0][-1]] for op in flatbuffer.operators(flatbuffer_)
                        if op.type == "LceBconv2d")
-        expected = sorted(d.name for d in flatbuffer.diagnose(model) if d.binarizable)
+        # An M x N multi-bit conv (variant "mbn") is M x N LceBconv2d, each named by its filters.
+        expected = sorted(d.name for d in flatbuffer.diagnose(model) if d.binarizable
+                          for _ in range(d.convs))
         assert bconv == expected
+        mbn = variants.get_variant("mbn")
+        assert bconv.count("variant_mbn") == mbn.weight_bases * mbn.activation_bases > 1
         report = deploy.check_binarized(flatbuffer_, model, on_failure="ignore")
         assert report.binarizable == report.lce_bconv2d == len(bconv)
         reasons = dict(deploy.binarization_problems(model))
@@ -326,6 +330,21 @@ class TestCheckBinarized:
         problems = dict(deploy.binarization_problems(tf.keras.Model(inputs_, x)))
         assert "1-D convolution" in problems["c1"][0] and "dense layer" in problems["d"][0]
         assert all("(note)" in r for rs in problems.values() for r in rs)
+
+    def test_multi_bit_layers_count_their_base_pairs(self):
+        from larq_l1inf.mbn import MBNConv1D, MBNConv2D, MBNDense
+
+        inputs_ = tf.keras.Input((8, 8, 3))
+        x = MBNConv2D(4, 3, weight_bases=3, activation_bases=2, name="m32")(inputs_)
+        x = MBNConv2D(4, 3, weight_bases=2, activation_bases=1, pad_values=0.0, name="m21")(x)
+        x = MBNDense(2, weight_bases=2, name="md")(tf.keras.layers.GlobalAveragePooling2D()(x))
+        seq = tf.keras.Input((8, 3))
+        model = tf.keras.Model([inputs_, seq], [x, MBNConv1D(2, 3, name="m1")(seq)])
+        found = {d.name: d for d in flatbuffer.diagnose(model)}
+        assert {n: (d.binarizable, d.convs) for n, d in found.items()} == {
+            "m32": (True, 6), "m21": (True, 2), "md": (False, 0), "m1": (False, 0)}
+        assert found["m32"].reasons == [] and "pad_values=1.0" in found["m21"].reasons[0]
+        assert "dense layer" in found["md"].reasons[0] and "1-D" in found["m1"].reasons[0]
 
     def test_model_without_binary_convs(self):
         inputs_ = tf.keras.Input((8, 8, 3))

@@ -178,3 +178,83 @@ def test_lce_turns_every_base_pair_into_one_bconv():
     ])
     counts = op_counts(convert(model, in_process=True, on_failure="ignore"))
     assert counts.get("LceBconv2d", 0) == 3 * 2, counts
+
+
+def _mbn_model(reg):
+    """Float stem, an MBN conv and an MBN dense (both penalized) and a plain larq conv."""
+    inputs = tf.keras.Input((6, 6, 2))
+    x = L.Conv2D(3, 3, padding="same")(inputs)
+    x = MBNConv2D(4, 3, weight_bases=3, activation_bases=2, kernel_regularizer=reg, name="mbn_c")(x)
+    x = lq.layers.QuantConv2D(3, 3, padding="same", pad_values=1.0, kernel_regularizer=reg,
+                              name="plain", **BINARY)(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return tf.keras.Model(inputs, MBNDense(2, weight_bases=2, kernel_regularizer=reg,
+                                           name="mbn_d")(x))
+
+
+class TestPenaltySeesMBN:
+    @pytest.mark.parametrize("reduction", ["sum", "log"])
+    def test_penalty_equals_the_model_losses_and_numpy(self, reduction):
+        from larq_l1inf import kernels, penalty
+        from larq_l1inf.regularizers import penalized_layers
+
+        reg = L1InfRegularizer(0.3, reduction=reduction)
+        model = _mbn_model(reg)
+        mbn_c = model.get_layer("mbn_c")
+        mbn_c.weight_scale.assign([0.5, -0.2, 0.9])
+        entries = penalized_layers(model)
+        assert [e.layer.name for e in entries] == ["mbn_c", "plain", "mbn_d"]
+        assert kernels.is_binary(mbn_c) and kernels.is_multi_base(mbn_c)
+        assert [e.layer.name for e in kernels.binary_kernels(model)] == ["mbn_c", "plain", "mbn_d"]
+        np.testing.assert_allclose(float(penalty(model)), float(tf.add_n(model.losses)), rtol=1e-6)
+        # the MBN conv's own part, by loops
+        w = mbn_c.kernel.numpy().astype(np.float64)
+        combined = sum(a * _sign(w + u * w.std()) for a, u in zip([0.5, -0.2, 0.9], weight_shifts(3)))
+        t = max(np.abs(combined[..., o]).sum() for o in range(4)) / (3 * 3 * 3)
+        want = 0.3 * (t if reduction == "sum" else np.log(t))
+        [own] = mbn_c.losses
+        np.testing.assert_allclose(float(own), want, rtol=1e-5)
+        # kernels' W_b and alpha of the MBN kernel: alpha = sum |alpha_m|, alpha ||W_b|| = t
+        [entry] = kernels.layer_kernels(mbn_c)
+        w_b = kernels.binary_kernel(entry.weight).numpy()
+        alpha = float(kernels.scaling_factor(entry.weight))
+        np.testing.assert_allclose(alpha, 1.6, rtol=1e-6)
+        np.testing.assert_allclose(w_b * alpha, combined, atol=1e-5)
+        np.testing.assert_array_equal(kernels.latent_kernel(entry.weight).numpy(), mbn_c.kernel.numpy())
+
+    def test_warmup_and_logging_reach_mbn_layers(self):
+        from larq_l1inf import L1InfCallback, l1inf_norm, penalty
+
+        reg = L1InfRegularizer(0.3)
+        model = _mbn_model(reg)
+        model.compile(tf.keras.optimizers.SGD(0.01),
+                      tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        x, y = uniform_inputs((4, 6, 6, 2)), np.array([0, 1, 0, 1])
+        callback = L1InfCallback(warmup_epochs=2, bounds=False)
+        callback.set_model(model)
+        callback.on_epoch_begin(1)
+        mbn_d = model.get_layer("mbn_d")
+        assert reg.warmup_factor == 0.5
+        np.testing.assert_allclose(float(mbn_d.losses[0]), 0.5 * float(mbn_d.penalty_term()) * 0.3,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(float(penalty(model)), float(tf.add_n(model.losses)), rtol=1e-6)
+        callback.on_train_end()
+        assert reg.warmup_factor == 1.0
+        history = model.fit(x, y, epochs=1, verbose=0, callbacks=[L1InfCallback(bounds=False)])
+        logs = {k: v[0] for k, v in history.history.items()}
+        np.testing.assert_allclose(logs["l1inf_norm/mbn_d"],
+                                   float(l1inf_norm(mbn_d.combined_kernel())), rtol=1e-5)
+        np.testing.assert_allclose(logs["l1inf_alpha_max/mbn_d"],
+                                   np.abs(mbn_d.weight_scale.numpy()).max(), rtol=1e-6)
+        np.testing.assert_allclose(logs["l1inf_term/mbn_d"], float(mbn_d.penalty_term()), rtol=1e-5)
+        assert {"l1inf_term/mbn_c", "l1inf_term/plain"} <= set(logs)
+        np.testing.assert_allclose(logs["l1inf_penalty"], float(penalty(model)), rtol=1e-5)
+
+    def test_registered_variant(self):
+        from larq_l1inf.variants import VARIANTS, get_variant
+
+        assert "mbn" in VARIANTS
+        variant = get_variant("mbn", weight_bases=2, activation_bases=3)
+        assert (variant.weight_bases, variant.activation_bases, variant.lce_convs) == (2, 3, 6)
+        with pytest.raises(ValueError, match="weight_bases"):
+            get_variant("mbn", weight_bases=0)

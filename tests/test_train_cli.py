@@ -163,3 +163,49 @@ def test_train_command_is_registered():
         assert parser.parse_args([command, "x"] if command != "train" else [command]).func \
             is getattr(cli, f"run_{command}")
     assert training.TrainConfig().lr == 0.1 and training.TrainConfig().momentum == 0.9
+
+
+class TestGMRobustTraining:
+    def test_gm_flags_train_the_inner_model(self, tmp_path):
+        from larq_l1inf._keras import tf
+        from larq_l1inf.robust import GMRobustModel
+
+        out = tmp_path / "gm"
+        # One run for two features: GM training, and the recipe on the MBN variant (penalty
+        # logged per MBN layer; feature maps skipped, as plots finds no larq binary conv).
+        code = cli.main(["train", *TINY, "--variant", "mbn", "--variant-option", "weight_bases=2",
+                         "--regularizer", "l1inf", "--robust", "noise",
+                         "--robust-epsilon", "0.05", "0.1", "--gm-n", "2", "--gm-weights", "1/i",
+                         "--gm-kappa", "0.7", "--gm-rampup-epochs", "1", "--no-convert",
+                         "--out", str(out)])
+        assert code == 0
+        config = yaml.safe_load((out / "config.yaml").read_text())
+        assert (config["robust"], config["robust_epsilon"], config["gm_n"], config["gm_weights"],
+                config["gm_kappa"], config["gm_rampup_epochs"]) == ("noise", [0.05, 0.1], 2, "1/i",
+                                                                    0.7, 1)
+        header = (out / "history.csv").read_text().splitlines()[0].split(",")
+        assert {"robust_loss", "clean_loss", "kappa", "l1inf_penalty",
+                "l1inf_term/mbn_conv2d"} <= set(header)
+        assert config["variant_options"] == {"weight_bases": 2}
+        loaded = tf.keras.models.load_model(str(out / "model"))
+        assert not isinstance(loaded, GMRobustModel) and loaded.output_shape[-1] == 10
+
+    def test_steps_come_from_epochs(self):
+        config = training.TrainConfig(robust="pgd", robust_epsilon=[0.1], gm_warmup_epochs=2,
+                                      gm_rampup_epochs=3, gm_n=4, epochs=5).validate()
+        from larq_l1inf._keras import tf
+
+        inner = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
+        gm = training.gm_model(inner, config, steps_per_epoch=7)
+        assert (gm.warmup_steps, gm.rampup_steps, gm.robust, gm.model is inner) == (14, 21, "pgd", True)
+
+    @pytest.mark.parametrize("flags, phrase", [
+        (["--gm-n", "3"], "--robust"),
+        (["--robust", "ibp"], "--robust-epsilon"),
+        (["--robust", "ibp", "--robust-epsilon", "0.1", "0.2"], "noise only"),
+        (["--robust", "noise", "--robust-epsilon", "0.1", "--gm-kappa", "1.5"], "gm_kappa"),
+    ])
+    def test_bad_gm_settings(self, tmp_path, capsys, flags, phrase):
+        code, error = exit_code_and_error(["train", *flags, "--out", str(tmp_path / "r")], capsys)
+        assert code == 2 and phrase in error, error
+        assert not (tmp_path / "r").exists()

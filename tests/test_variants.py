@@ -12,13 +12,13 @@ from helpers import numpy_l1inf, trained_like_batchnorm
 from test_quantizers import SCALED as QUANTIZER_SCALES
 from tensorflow.python.autograph.core import ag_ctx  # test speed only, see _model
 
-from larq_l1inf import L1InfRegularizer, deploy, penalty
+from larq_l1inf import L1InfRegularizer, deploy, kernels, penalty
 from larq_l1inf import callbacks as C
 from larq_l1inf import quantizers as Q
 from larq_l1inf import variants as V
 from larq_l1inf._keras import tf
 from larq_l1inf.backbones import BACKBONES
-from larq_l1inf.regularizers import binary_kernel
+from larq_l1inf.regularizers import binary_kernel, kernel_contribution, kernel_term, penalized_layers
 
 VARIANT_NAMES = list(V.VARIANTS)
 
@@ -34,6 +34,16 @@ BACKBONE_CASES = [
     ("vgg_small", {}, (8, 8, 3)),
     ("conv1d", {}, (16, 3)),
 ]
+
+
+def _quantized_kernels(model):
+    """The variant's quantized kernels, found through `larq_l1inf.kernels` (not by layer
+    class: a multi-bit `mbn` conv is no `QuantConv2D`)."""
+    return [entry for entry in kernels.model_kernels(model) if entry.quantizer is not None]
+
+
+def _latent(weight):
+    return getattr(weight, "latent_variable", weight)
 
 
 def _kernel(shape=(3, 3, 4, 5), seed=0):
@@ -54,8 +64,9 @@ class TestRegistry:
         ours = [str(w.message) for w in caught if w.category is DeprecationWarning
                 and any(word in str(w.message) for word in ("larq_l1inf", "scale_gradient", "DoReFa"))]
         assert not ours, ours
-        conv = [l for l in tf.keras.Model(x, y).layers if isinstance(l, lq.layers.QuantConv2D)][0]
-        assert conv.kernel_quantizer.precision >= 1
+        [entry] = _quantized_kernels(tf.keras.Model(x, y))
+        assert entry.quantizer.precision >= 1
+        assert tuple(entry.weight.shape) == (3, 3, 4, 3)
 
     def test_names_and_aliases(self):
         assert V.get_variant("XNOR-Net").name == "xnor"
@@ -130,17 +141,18 @@ class TestBinaryKernel:
     def test_no_nan_or_negative_term(self, variant, kernel):
         x = tf.keras.Input((6, 6, 4))
         conv = V.get_variant(variant).binary_conv(x, 3, 3, kernel_regularizer=L1InfRegularizer(5e-3))
-        layer = [l for l in tf.keras.Model(x, conv).layers if isinstance(l, lq.layers.QuantConv2D)][0]
+        [entry] = penalized_layers(tf.keras.Model(x, conv))
         values = {"random": _kernel((3, 3, 4, 3)), "zeros": np.zeros((3, 3, 4, 3), np.float32),
                   "constant": np.full((3, 3, 4, 3), 0.3, np.float32)}[kernel]
-        layer.kernel.latent_variable.assign(values)
+        latent = _latent(entry.weight)
+        latent.assign(values)
         for alpha in ("layer", "channel", "none"):
             for reduction in ("sum", "log"):
                 reg = L1InfRegularizer(5e-3, reduction=reduction, alpha=alpha)
                 with tf.GradientTape() as tape:
-                    term = reg.term(layer.kernel)
-                    loss = reg(layer.kernel)
-                grad = tape.gradient(loss, layer.kernel.latent_variable)
+                    term = kernel_term(entry, reg)
+                    loss = kernel_contribution(entry, reg)
+                grad = tape.gradient(loss, latent)
                 assert np.isfinite(float(term)) and float(term) >= 0, (alpha, reduction, float(term))
                 assert np.isfinite(float(loss))
                 assert grad is None or np.all(np.isfinite(grad.numpy()))
@@ -186,7 +198,8 @@ def _train_step(model, x, y):
 
 
 def _binary_layers(model):
-    return [l for l in model.layers if isinstance(l, (lq.layers.QuantConv2D, lq.layers.QuantConv1D))]
+    """The layers of the variant's quantized kernels (one kernel each), in model order."""
+    return [entry.layer for entry in _quantized_kernels(model)]
 
 
 class TestMatrix:
@@ -199,11 +212,11 @@ class TestMatrix:
         binary = _binary_layers(model)
         assert binary and len(model.losses) == len(binary)
         x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
-        before = [l.kernel.latent_variable.numpy().copy() for l in binary]
+        before = [_latent(l.kernel).numpy().copy() for l in binary]
         loss, grads = _train_step(model, x, np.array([0, 1]))
         assert np.isfinite(loss) and np.isfinite(float(penalty(model)))
         assert all(g is None or np.all(np.isfinite(g.numpy())) for g in grads)
-        moved = [not np.array_equal(b, l.kernel.latent_variable.numpy()) for b, l in zip(before, binary)]
+        moved = [not np.array_equal(b, _latent(l.kernel).numpy()) for b, l in zip(before, binary)]
         assert all(moved), "every binary kernel gets a gradient (cross-entropy + penalty)"
 
     @pytest.mark.parametrize("variant", VARIANT_NAMES)
@@ -273,7 +286,7 @@ class TestConversion:
         """All variants in one flatbuffer (one converter run): LceBconv2d count and logits."""
         inputs = tf.keras.Input((8, 8, 3))
         combined = tf.keras.Model(inputs, tf.keras.layers.Concatenate()([_mini_net(v, inputs) for v in VARIANT_NAMES]))
-        _check_combined(combined, [2] * len(VARIANT_NAMES), tmp_path)
+        _check_combined(combined, [2 * V.get_variant(v).lce_convs for v in VARIANT_NAMES], tmp_path)
 
     @pytest.mark.slow
     def test_every_variant_vgg_small_converts_and_matches_keras(self, tmp_path):
@@ -282,7 +295,8 @@ class TestConversion:
         branches = [BACKBONES["vgg_small"](v, num_classes=2, input_shape=(8, 8, 3), width=2, logits=True,
                                            kernel_regularizer=L1InfRegularizer(5e-3)) for v in VARIANT_NAMES]
         combined = tf.keras.Model(inputs, tf.keras.layers.Concatenate()([b(inputs) for b in branches]))
-        _check_combined(combined, [len(_binary_layers(b)) for b in branches], tmp_path)
+        _check_combined(combined, [len(_binary_layers(b)) * V.get_variant(v).lce_convs
+                                   for b, v in zip(branches, VARIANT_NAMES)], tmp_path)
 
 
 @pytest.mark.slow
