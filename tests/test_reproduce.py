@@ -1,0 +1,162 @@
+"""`larq_l1inf.reproduce`: recipes end to end on tiny data, the pairing, the t-interval."""
+
+import json
+import math
+import os
+import runpy
+
+import numpy as np
+import pytest
+
+from larq_l1inf import reproduce, training
+
+# Tiny stand-ins for the recipes' data: digits 8x8 for the image tables, a small MNIST-1D.
+TINY_IMAGE = {"dataset": "digits", "data_options": {"size": 8, "channels": 1},
+              "train_size": 120, "test_size": 60, "width": 2, "epochs": 1, "draws": 1,
+              "seeds": 2, "batch_size": 32}
+TINY_1D = {"train_size": 150, "test_size": 60, "width": 4, "epochs": 1, "draws": 1,
+           "seeds": 2, "batch_size": 32}
+
+
+def tiny(name):
+    return dict(TINY_1D if name == "table3" else TINY_IMAGE)
+
+
+def test_interval_matches_hand_computation():
+    a = [0.80, 0.83, 0.79, 0.85]
+    b = [0.78, 0.80, 0.80, 0.81]
+    # By hand: d = (0.02, 0.03, -0.01, 0.04); mean 0.02; sum of squared deviations
+    # 0 + 1e-4 + 9e-4 + 4e-4 = 1.4e-3; s = sqrt(1.4e-3 / 3); t_{0.975,3} = 3.182.
+    s = math.sqrt(1.4e-3 / 3)
+    half = 3.182 * s / 2
+    r = reproduce.paired_difference(a, b)
+    assert r["n"] == 4 and r["mean"] == pytest.approx(0.02)
+    assert r["std"] == pytest.approx(s)
+    assert r["lo"] == pytest.approx(0.02 - half) and r["hi"] == pytest.approx(0.02 + half)
+    assert r["verdict"] == "unresolved"  # 0.02 - 0.0344 < 0
+    clear = reproduce.paired_difference([0.9, 0.91, 0.92], [0.8, 0.8, 0.81])
+    assert clear["verdict"] == "higher" and clear["lo"] > 0
+    assert reproduce.paired_difference([0.1, 0.2, 0.15], [0.3, 0.41, 0.35])["verdict"] == "lower"
+
+
+def test_t_quantiles_and_bad_input():
+    assert reproduce.t_quantile_975(1) == 12.706
+    assert reproduce.t_quantile_975(4) == 2.776
+    assert 2.021 > reproduce.t_quantile_975(50) > 2.000
+    assert 1.96 < reproduce.t_quantile_975(10_000) < 1.961
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        reproduce.paired_difference([0.5], [0.4])
+    with pytest.raises(ValueError, match="equal"):
+        reproduce.paired_difference([0.5, 0.6], [0.4])
+
+
+def test_hard_range_picks_10_to_30_point_loss():
+    eps = [(0.0, 0.1), (0.1, 0.2), (0.2, 0.3)]
+    assert reproduce.hard_range(eps, 0.9, [0.88, 0.75, 0.4]) == 1
+    assert reproduce.hard_range(eps, 0.9, [0.89, 0.88, 0.87]) == 2  # closest to 20 points
+
+
+def test_every_arm_of_every_recipe_configures():
+    for name, recipe in reproduce.RECIPES.items():
+        configs, scale = reproduce.recipe_configs(recipe, quick=True, overrides=tiny(name))
+        assert set(configs) == set(recipe.arms) and scale["seeds"] == 2
+        assert all(t in configs and r in configs for t, r in recipe.comparisons)
+        assert len({c.to_dict()["data_options"]["train_size"] for c in configs.values()}) == 1
+    full, scale = reproduce.recipe_configs(reproduce.RECIPES["table2"])
+    assert scale["seeds"] == 5 and full["irnet"].dataset == "fashion_mnist"
+
+
+# (recipe, treatment, reference): the distinct mechanisms of a treatment: a kernel penalty and
+# the InputNoise front (LCR wraps the same student after it is built). (The end-to-end test checks the same
+# property on the weights fit actually starts from.)
+PAIRS = [("table11", "bireal+l1inf", "bireal"), ("noise_augment", "irnet+noise+l1inf", "irnet")]
+
+
+@pytest.mark.parametrize("name, treatment, reference", PAIRS)
+def test_seed_fixes_initial_weights_and_batches(name, treatment, reference):
+    """Same initial weights and same batches with and without the treatment."""
+    from larq_l1inf._keras import tf
+
+    configs, _ = reproduce.recipe_configs(reproduce.RECIPES[name], quick=True,
+                                          overrides=tiny(name))
+    data = training.load_data(configs[reference])
+    prints = []
+    for arm in (treatment, reference):
+        config = configs[arm]
+        tf.keras.utils.set_random_seed(config.seed)  # as training.fit does
+        model, _ = training.build_model(config, data)
+        prints.append((reproduce.initial_fingerprint(model),
+                       reproduce.batches_fingerprint(data, config)))
+    assert prints[0] == prints[1]
+
+
+def test_another_seed_changes_weights_and_batches():
+    config = training.TrainConfig(backbone="demo", dataset="digits", width=2, epochs=1,
+                                  data_options={"size": 8, "channels": 1, "train_size": 60,
+                                                "test_size": 30})
+    data = training.load_data(config)
+    prints = []
+    for seed in (0, 1):
+        from larq_l1inf._keras import tf
+
+        tf.keras.utils.set_random_seed(seed)
+        model, _ = training.build_model(config, data)
+        c = training.TrainConfig(**{**config.to_dict(), "seed": seed})
+        prints.append((reproduce.initial_fingerprint(model), reproduce.batches_fingerprint(data, c)))
+    assert prints[0][0] != prints[1][0] and prints[0][1] != prints[1][1]
+
+
+# Tracing a BNN's train step costs seconds per run on 2 shared cores: table2 (with the resume
+# check) runs by default, the other recipes with `pytest -m slow`.
+@pytest.mark.parametrize("name", ["table2"] + [
+    pytest.param(n, marks=pytest.mark.slow) for n in sorted(reproduce.RECIPES) if n != "table2"])
+def test_recipe_quick_end_to_end(name, tmp_path):
+    """Each recipe in --quick mode on tiny data: its first comparison's two arms, 2 seeds."""
+    recipe = reproduce.RECIPES[name]
+    treatment, reference = recipe.comparisons[0]
+    result = reproduce.run_recipe(name, quick=True, out_dir=str(tmp_path / "runs"),
+                                  results_dir=str(tmp_path / "results"),
+                                  overrides=tiny(name), arms=[treatment, reference])
+    path = tmp_path / "results" / f"{name}_quick.json"
+    written = json.loads(path.read_text())
+    assert written["recipe"] == name and written["seeds"] == 2 and written["paired_check"]
+    assert set(written["arms"]) == {treatment, reference}
+    runs = written["arms"][treatment]["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    assert all(0 <= r["clean"] <= 1 and len(r["noisy"]) == len(written["epsilons"]) for r in runs)
+    (comparison,) = written["comparisons"]
+    assert comparison["paired"] and len(comparison["noisy"]) == len(written["epsilons"])
+    d = [a["clean"] - b["clean"] for a, b in zip(runs, written["arms"][reference]["runs"])]
+    assert comparison["clean"]["mean"] == pytest.approx(np.mean(d))
+    assert "tensorflow" in written["versions"]
+    if name == "table2":
+        # The README section is generated from the JSON: the interval printed is the computed one.
+        script = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "scripts",
+                                             "results_tables.py"))
+        md, png = tmp_path / "results.md", tmp_path / "noise.png"
+        assert script["main"](["--results", str(tmp_path / "results"), "--quick",
+                               "--out", str(md), "--plot", str(png)]) == 0
+        text = md.read_text()
+        c = comparison["clean"]
+        assert f"{100 * c['mean']:+.2f} [{100 * c['lo']:+.2f}, {100 * c['hi']:+.2f}]" in text
+        assert "Paper:" in text and png.stat().st_size > 0
+        # Resumable: a second call reads every finished run back without training.
+        marker = tmp_path / "runs" / "table2_quick" / reference / "seed_1" / "result.json"
+        mtime = os.path.getmtime(marker)
+        again = reproduce.run_recipe(name, quick=True, out_dir=str(tmp_path / "runs"),
+                                     results_dir=str(tmp_path / "results"),
+                                     overrides=tiny(name), arms=[treatment, reference])
+        assert os.path.getmtime(marker) == mtime
+        assert again["comparisons"][0]["clean"] == comparison["clean"]
+        with pytest.raises(training.ConfigMismatchError):
+            reproduce.run_recipe(name, quick=True, out_dir=str(tmp_path / "runs"),
+                                 results_dir=str(tmp_path / "results"),
+                                 overrides={**tiny(name), "lr": 0.05},
+                                 arms=[treatment, reference])
+
+
+def test_unknown_recipe_and_arm():
+    with pytest.raises(ValueError, match="choose one of"):
+        reproduce.run_recipe("table99")
+    with pytest.raises(ValueError, match="arms are"):
+        reproduce.run_recipe("table2", quick=True, arms=["nope"], overrides=tiny("table2"))
