@@ -914,8 +914,15 @@ class ArgumentParser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- entry point
 
 #: `register(subparsers)` functions, one per subcommand (or group of subcommands).
+def register_reproduce(subparsers):
+    """`reproduce` (larq_l1inf.reproduce)."""
+    from larq_l1inf.reproduce import register_reproduce as register
+
+    return register(subparsers)
+
+
 COMMANDS = [register_demo, register_evaluation, register_train, register_convert,
-            register_plot]
+            register_plot, register_reproduce]
 
 
 def _verbosity_arguments(parser, default):
