@@ -42,6 +42,7 @@ __all__ = [
     "EPSILON_LADDERS",
     "RECIPES",
     "Recipe",
+    "find_finished_run",
     "hard_range",
     "initial_fingerprint",
     "paired_difference",
@@ -152,9 +153,14 @@ class Recipe:
     comparisons: `[(treatment, reference)]` arm pairs.
     base: settings shared by every arm.
     seeds: paired seeds of the full recipe (the quick one uses 2).
+    same_architecture: False where arms differ in their weights' shapes (the MBN sweep): then
+        a pair shares its seed, data and batches, not its initial weights.
     full, quick: scale settings (`epochs`, `width`, `train_size`, `test_size`, `draws`).
     direction: "higher" when the paper's claim is that the treatment's noisy accuracy is
         higher; None where the paper makes no claim.
+    evaluate: more measures per run: `"verified"` (IBP-verified accuracy at these L-inf
+        radii), `"pgd_epsilon"` and `"pgd_iterations"` (PGD accuracy), `"bops"` (True: the
+        model's bit operations).
     """
 
     name: str
@@ -167,6 +173,8 @@ class Recipe:
     full: dict = None
     quick: dict = None
     direction: str = "higher"
+    evaluate: dict = None
+    same_architecture: bool = True
 
 
 _IMAGE = {"backbone": "demo", "dataset": "fashion_mnist"}
@@ -227,16 +235,19 @@ def _recipes():
         "L1,inf is more accurate under noise than every other penalty",
         arms, comp, dict(_IMAGE), seeds=5, full=dict(_FULL, train_size=10000),
         quick=dict(_QUICK))
-    arms = {"irnet": {"variant": "irnet"},
-            "irnet+l1inf": {"variant": "irnet", "regularizer": "l1inf"},
-            "irnet+l1inf(alpha=none)": {"variant": "irnet", "regularizer": "l1inf",
-                                        "alpha": "none"}}
+    # IR-Net is left out: its scale 2^round(log2 mean|W_std|) is 1 for standardized weights
+    # (mean|W_std| <= std = 1 and ~0.8 for bell-shaped rows), so "w/o alpha" is the same run.
+    arms, comp = {}, []
+    for v in ("dorefa", "bireal", "reactnet"):
+        arms[v] = {"variant": v}
+        arms[f"{v}+l1inf"] = {"variant": v, "regularizer": "l1inf"}
+        arms[f"{v}+l1inf(alpha=none)"] = {"variant": v, "regularizer": "l1inf", "alpha": "none"}
+        comp += [(f"{v}+l1inf", f"{v}+l1inf(alpha=none)"), (f"{v}+l1inf", v),
+                 (f"{v}+l1inf(alpha=none)", v)]
     recipes["tables15_16"] = Recipe(
         "tables15_16", "Tables 15-16: the penalty without the scaling factors (alpha none)",
         "removing alpha from the penalty costs 0.3-1.3 points under noise",
-        arms, [("irnet+l1inf", "irnet+l1inf(alpha=none)"), ("irnet+l1inf", "irnet"),
-               ("irnet+l1inf(alpha=none)", "irnet")],
-        dict(_IMAGE), seeds=5, full=dict(_FULL), quick=dict(_QUICK))
+        arms, comp, dict(_IMAGE), seeds=5, full=dict(_FULL), quick=dict(_QUICK))
     arms, comp = {"irnet": {"variant": "irnet"}}, []
     for reduction in ("product", "log", "sum"):
         for normalize in (False, True):
@@ -261,6 +272,35 @@ def _recipes():
         arms, [("irnet+noise", "irnet"), ("irnet+noise+l1inf", "irnet+noise"),
                ("irnet+l1inf", "irnet")],
         dict(_IMAGE), seeds=3, full=dict(_FULL), quick=dict(_QUICK), direction=None)
+    # Paper 004 trains robust nets with IBP; here a BNN, its L1,inf penalty and both together.
+    # GM with N = 3 sub-perturbations up to 0.1 (Fashion-MNIST's usual L-inf radius), after a
+    # clean warm-up epoch and a 3-epoch ramp-up, as Gowal et al. and 004 schedule IBP training.
+    gm = {"robust": "ibp", "robust_epsilon": 0.1, "gm_n": 3, "gm_warmup_epochs": 1,
+          "gm_rampup_epochs": 3}
+    arms = {"bnn": {"variant": "bnn"},
+            "bnn+l1inf": {"variant": "bnn", "regularizer": "l1inf"},
+            "bnn+gm-ibp": {"variant": "bnn", **gm},
+            "bnn+gm-ibp+l1inf": {"variant": "bnn", "regularizer": "l1inf", **gm}}
+    recipes["certified"] = Recipe(
+        "certified", "GM-IBP robust training (004) and the L1,inf penalty: verified, noisy, clean",
+        "no paper table; 004 reports GM-IBP raising verified accuracy of float nets",
+        arms, [("bnn+l1inf", "bnn"), ("bnn+gm-ibp", "bnn"), ("bnn+gm-ibp+l1inf", "bnn+gm-ibp"),
+               ("bnn+gm-ibp+l1inf", "bnn")],
+        dict(_IMAGE), seeds=3, full=dict(_FULL, train_size=10000),
+        quick=dict(_QUICK, epochs=3), direction=None,
+        evaluate={"verified": [0.01, 0.05, 0.1], "pgd_epsilon": 0.05, "pgd_iterations": 10})
+    # Paper 003's design space: M weight x N activation bases, BOPs next to clean and PGD.
+    arms = {f"mbn{m}x{n}": {"variant": "mbn",
+                            "variant_options": {"weight_bases": m, "activation_bases": n}}
+            for m in (1, 2, 3) for n in (1, 2, 3)}
+    recipes["mbn"] = Recipe(
+        "mbn", "Multi-bit networks (003): M x N binary bases, BOPs, clean, noisy and PGD accuracy",
+        "003: more weight bases (MBN3x1) raise PGD accuracy at fewer BOPs than 2-bit nets",
+        arms, [(a, "mbn1x1") for a in arms if a != "mbn1x1"],
+        dict(_IMAGE), seeds=3, full=dict(_FULL, train_size=10000, epochs=6),
+        quick=dict(_QUICK), direction=None,
+        evaluate={"pgd_epsilon": 0.05, "pgd_iterations": 10, "bops": True},
+        same_architecture=False)
     return recipes
 
 
@@ -272,11 +312,15 @@ RECIPES = _recipes()
 
 
 def initial_fingerprint(model):
-    """SHA-256 of a model's weights (the student of an LCR model, the network behind an
-    InputNoise layer): equal across a pair means equal initial weights."""
+    """SHA-256 of a model's weights (the student of an LCR model, the network a GM robust
+    model trains, the network behind an InputNoise layer): equal across a pair means equal
+    initial weights."""
     from larq_l1inf._keras import tf
+    from larq_l1inf.robust import GMRobustModel
 
     net = getattr(model, "student", model)
+    if isinstance(net, GMRobustModel):
+        net = net.model
     nested = [layer for layer in getattr(net, "layers", []) if isinstance(layer, tf.keras.Model)]
     if len(nested) == 1 and any(type(l).__name__ == "InputNoise" for l in net.layers):
         net = nested[0]
@@ -324,8 +368,70 @@ def _accuracies(model, data, epsilons, draws, seed):
     return float(clean), noisy
 
 
-def run_arm(config, data, run_dir, epsilons, verbose=0):
+def extra_measures(model, data, evaluate, seed):
+    """The `Recipe.evaluate` measures of a trained model on the test split, as a dict."""
+    x, y = data.arrays("test")
+    out = {}
+    if evaluate.get("pgd_epsilon"):
+        epsilon, iterations = float(evaluate["pgd_epsilon"]), int(evaluate.get("pgd_iterations", 20))
+        result = training.evaluate_model(model, x, y, epsilon=None, pgd_epsilon=epsilon,
+                                         pgd_iterations=iterations, seed=seed)
+        out["pgd"] = {"epsilon": epsilon, "iterations": iterations,
+                      "accuracy": float(result.models["keras"]["pgd"])}
+    if evaluate.get("verified"):
+        from larq_l1inf.ibp import verified_accuracy
+
+        out["verified"] = [{"epsilon": float(e), "accuracy": float(verified_accuracy(model, x, y, e))}
+                           for e in evaluate["verified"]]
+    if evaluate.get("bops"):
+        from larq_l1inf.bops import bops
+
+        report = bops(model)
+        out["bops"] = {k: report[k] for k in ("total_bops", "binary_macs", "total_macs")}
+    return out
+
+
+def _same_run(record, config, epsilons, evaluate=None):
+    return (not training.config_differences(record["config"], config.to_dict())
+            and [list(e) for e in record["epsilons"]] == [list(e) for e in epsilons]
+            and _plain(record.get("evaluate") or {}) == _plain(evaluate or {}))
+
+
+def _plain(value):
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def find_finished_run(root, config, epsilons, evaluate=None):
+    """A finished run under `root` (`root/RECIPE/ARM/seed_S/result.json`) of exactly this config
+    (seed included) and noise ladder, or None.
+
+    Training and evaluation are deterministic given the config and seed (the same arm in two
+    recipes gives identical numbers), so a run one recipe finished is read back by another
+    instead of being trained again.
+    """
+    import glob
+    import json
+
+    for path in sorted(glob.glob(os.path.join(glob.escape(root), "*", "*", "seed_*",
+                                              "result.json"))):
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if record.get("seed") == config.seed and _same_run(record, config, epsilons, evaluate):
+            return path
+    return None
+
+
+def run_arm(config, data, run_dir, epsilons, verbose=0, reuse_root=None, evaluate=None):
     """Train and evaluate one (arm, seed), or read it back when its result.json exists.
+
+    With `reuse_root`, a finished run of the identical config and seed anywhere under it (from
+    another recipe) is copied instead of trained again; the copy names its source in
+    `reused_from`.
 
     # Returns
     The run's record (also in `run_dir/result.json`).
@@ -339,11 +445,23 @@ def run_arm(config, data, run_dir, epsilons, verbose=0):
 
         with open(path) as f:
             record = json.load(f)
-        differences = training.config_differences(record["config"], config.to_dict())
-        if differences or [list(e) for e in record["epsilons"]] != [list(e) for e in epsilons]:
+        if not _same_run(record, config, epsilons, evaluate):
+            differences = training.config_differences(record["config"], config.to_dict())
             raise training.ConfigMismatchError(
-                f"{run_dir} holds a run of another config ({differences or 'noise ranges'}); "
-                "choose another --out or delete that run.")
+                f"{run_dir} holds a run of another config "
+                f"({differences or 'noise ranges or measures'}); choose another --out or "
+                "delete that run.")
+        return record
+    source = find_finished_run(reuse_root, config, epsilons, evaluate) if reuse_root else None
+    if source is not None:
+        import json
+
+        with open(source) as f:
+            record = json.load(f)
+        record["reused_from"] = os.path.relpath(os.path.dirname(source), reuse_root)
+        os.makedirs(run_dir, exist_ok=True)
+        write_json(record, path)
+        log.warning("read back the identical finished run %s", record["reused_from"])
         return record
     os.makedirs(run_dir, exist_ok=True)
     fingerprint_path = os.path.join(run_dir, "initial_weights.json")
@@ -353,6 +471,7 @@ def run_arm(config, data, run_dir, epsilons, verbose=0):
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     clean, noisy = _accuracies(model, data, epsilons, config.draws, config.seed)
+    extra = extra_measures(model, data, evaluate or {}, config.seed)
     import json
 
     with open(fingerprint_path) as f:
@@ -360,7 +479,8 @@ def run_arm(config, data, run_dir, epsilons, verbose=0):
     history = training.read_history(os.path.join(run_dir, "fit", "history.csv"))
     record = {
         "config": config.to_dict(), "seed": config.seed, "epsilons": [list(e) for e in epsilons],
-        "clean": clean, "noisy": noisy, "initial_weights": initial,
+        "clean": clean, "noisy": noisy, **extra, "evaluate": evaluate or {},
+        "initial_weights": initial,
         "batches": batches_fingerprint(data, config),
         "final_loss": history.get("loss", [None])[-1],
         "final_train_accuracy": history.get("accuracy", [None])[-1],
@@ -462,10 +582,13 @@ def run_recipe(name, *, quick=False, out_dir="reproduce_runs", results_dir="docs
         for arm, config in configs.items():
             config = dataclasses.replace(config, seed=seed)
             run_dir = os.path.join(root, arm.replace("/", "_"), f"seed_{seed}")
-            if data is None and not os.path.exists(os.path.join(run_dir, "result.json")):
+            finished = (os.path.exists(os.path.join(run_dir, "result.json"))
+                        or find_finished_run(out_dir, config, epsilons, recipe.evaluate))
+            if data is None and not finished:
                 data = training.load_data(config)
             log.warning("%s: %s seed %d", name, arm, seed)
-            runs[arm].append(run_arm(config, data, run_dir, epsilons, verbose=verbose))
+            runs[arm].append(run_arm(config, data, run_dir, epsilons, verbose=verbose,
+                                     reuse_root=out_dir, evaluate=recipe.evaluate))
     result = summarize(recipe, configs, runs, epsilons, scale, quick)
     result["wall_seconds"] = time.perf_counter() - start
     os.makedirs(results_dir, exist_ok=True)
@@ -485,12 +608,22 @@ def summarize(recipe, configs, runs, epsilons, scale, quick):
             "noisy": [_summary([r["noisy"][i]["mean"] for r in records])
                       for i in range(len(epsilons))],
         }
+        if "pgd" in records[0]:
+            arms[arm]["pgd"] = _summary([r["pgd"]["accuracy"] for r in records])
+        if "verified" in records[0]:
+            arms[arm]["verified"] = [
+                {"epsilon": v["epsilon"],
+                 **_summary([r["verified"][i]["accuracy"] for r in records])}
+                for i, v in enumerate(records[0]["verified"])]
+        if "bops" in records[0]:
+            arms[arm]["bops"] = records[0]["bops"]  # a property of the architecture
     comparisons, pairing_ok = [], True
     for treatment, reference in recipe.comparisons:
         if treatment not in runs or reference not in runs:
             continue
         a, b = runs[treatment], runs[reference]
-        paired = all(x["initial_weights"] == y["initial_weights"] and x["batches"] == y["batches"]
+        paired = all((x["initial_weights"] == y["initial_weights"]
+                      or not recipe.same_architecture) and x["batches"] == y["batches"]
                      for x, y in zip(a, b))
         if not paired:
             pairing_ok = False
@@ -505,6 +638,15 @@ def summarize(recipe, configs, runs, epsilons, scale, quick):
             "hard_range": hard_range(epsilons, arms[reference]["clean"]["mean"],
                                      [v["mean"] for v in arms[reference]["noisy"]]),
         })
+        if "pgd" in a[0] and "pgd" in b[0]:
+            comparisons[-1]["pgd"] = paired_difference([r["pgd"]["accuracy"] for r in a],
+                                                       [r["pgd"]["accuracy"] for r in b])
+        if "verified" in a[0] and "verified" in b[0]:
+            comparisons[-1]["verified"] = [
+                {"epsilon": v["epsilon"],
+                 **paired_difference([r["verified"][i]["accuracy"] for r in a],
+                                     [r["verified"][i]["accuracy"] for r in b])}
+                for i, v in enumerate(a[0]["verified"])]
     return {
         "recipe": recipe.name, "title": recipe.title, "claim": recipe.claim,
         "direction": recipe.direction, "quick": quick, "scale": scale,

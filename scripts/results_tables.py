@@ -92,26 +92,50 @@ def table(result):
         f"{scale.get('draws')} noise draws per range"
         + (" (--quick)" if result.get("quick") else "") + ". Accuracy in %, mean +- std over seeds.")
     lines.append("")
+    arms = result["arms"]
+    some = next(iter(arms.values()))
     header = ["arm", "clean"] + [f"noise {eps_label(eps[i])}" for i in ranges]
+    header += extra_headers(some, next(iter(some["runs"]), {}))
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
-    for arm, a in result["arms"].items():
+    for arm, a in arms.items():
         cells = [arm, f"{pct(a['clean']['mean'])} +- {pct(a['clean']['std'])}"]
         cells += [f"{pct(a['noisy'][i]['mean'])} +- {pct(a['noisy'][i]['std'])}" for i in ranges]
+        if "pgd" in a:
+            cells.append(f"{pct(a['pgd']['mean'])} +- {pct(a['pgd']['std'])}")
+        cells += [f"{pct(v['mean'])} +- {pct(v['std'])}" for v in a.get("verified", [])]
+        if "bops" in a:
+            cells += [f"{a['bops']['total_bops'] / 1e6:.2f}", f"{a['bops']['binary_macs'] / 1e6:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Paired difference (points, 95% t-interval over seeds):", ""]
     header = ["treatment - reference", "clean"] + [f"noise {eps_label(eps[i])}" for i in ranges]
+    header += [h for h in extra_headers(some, next(iter(some["runs"]), {})) if "BOPs" not in h
+               and "MACs" not in h]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for c in result["comparisons"]:
         cells = [f"{c['treatment']} - {c['reference']}", interval(c["clean"])]
         cells += [interval(c["noisy"][i]) + (" (hard)" if i == c["hard_range"] else "")
                   for i in ranges]
+        if "pgd" in c:
+            cells.append(interval(c["pgd"]))
+        cells += [interval(v) for v in c.get("verified", [])]
         if not c["paired"]:
             cells[0] += " (NOT paired)"
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", verdict_sentence(result), ""]
     return "\n".join(lines)
+
+
+def extra_headers(arm, run):
+    """Column names of a recipe's extra measures (PGD, IBP-verified accuracy, BOPs)."""
+    out = []
+    if "pgd" in arm:
+        out.append(f"PGD-{run['pgd']['iterations']} eps {run['pgd']['epsilon']:g}")
+    out += [f"verified eps {v['epsilon']:g}" for v in arm.get("verified", [])]
+    if "bops" in arm:
+        out += ["BOPs (M)", "binary MACs (M)"]
+    return out
 
 
 def plot(result, path):
@@ -140,7 +164,7 @@ def plot(result, path):
 
 
 ORDER = ["table2", "table3", "table7", "table10", "table11", "tables15_16", "reductions",
-         "noise_augment"]
+         "noise_augment", "certified", "mbn"]
 
 
 def main(argv=None):

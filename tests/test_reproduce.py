@@ -110,7 +110,7 @@ def test_another_seed_changes_weights_and_batches():
 # check) runs by default, the other recipes with `pytest -m slow`.
 @pytest.mark.parametrize("name", ["table2"] + [
     pytest.param(n, marks=pytest.mark.slow) for n in sorted(reproduce.RECIPES) if n != "table2"])
-def test_recipe_quick_end_to_end(name, tmp_path):
+def test_recipe_quick_end_to_end(name, tmp_path, monkeypatch):
     """Each recipe in --quick mode on tiny data: its first comparison's two arms, 2 seeds."""
     recipe = reproduce.RECIPES[name]
     treatment, reference = recipe.comparisons[0]
@@ -153,6 +153,20 @@ def test_recipe_quick_end_to_end(name, tmp_path):
                                  results_dir=str(tmp_path / "results"),
                                  overrides={**tiny(name), "lr": 0.05},
                                  arms=[treatment, reference])
+        # Another recipe with the same arm reads table2's finished runs back, untrained.
+        assert recipe.comparisons[0] in reproduce.RECIPES["table10"].comparisons
+
+        def no_training(*args, **kwargs):
+            raise AssertionError("a finished identical run was trained again")
+
+        monkeypatch.setattr(training, "fit", no_training)
+        other = reproduce.run_recipe("table10", quick=True, out_dir=str(tmp_path / "runs"),
+                                     results_dir=str(tmp_path / "results"),
+                                     overrides=tiny(name), arms=[treatment, reference])
+        copied = other["arms"][reference]["runs"]
+        assert [r["reused_from"] for r in copied] == [
+            os.path.join("table2_quick", reference, f"seed_{s}") for s in (0, 1)]
+        assert other["comparisons"][0]["clean"] == comparison["clean"]
 
 
 def test_unknown_recipe_and_arm():
@@ -160,3 +174,30 @@ def test_unknown_recipe_and_arm():
         reproduce.run_recipe("table99")
     with pytest.raises(ValueError, match="arms are"):
         reproduce.run_recipe("table2", quick=True, arms=["nope"], overrides=tiny("table2"))
+
+
+def test_certified_and_mbn_recipes_record_their_measures(tmp_path):
+    """The issue-11 recipes add IBP-verified accuracy, PGD accuracy and BOPs to every run."""
+    out, results = str(tmp_path / "runs"), str(tmp_path / "results")
+    cert = reproduce.run_recipe("certified", quick=True, out_dir=out, results_dir=results,
+                                overrides=tiny("certified"), arms=["bnn+gm-ibp", "bnn"])
+    for arm in ("bnn+gm-ibp", "bnn"):
+        for run in cert["arms"][arm]["runs"]:
+            verified = [v["accuracy"] for v in run["verified"]]
+            assert [v["epsilon"] for v in run["verified"]] == [0.01, 0.05, 0.1]
+            # Nested input boxes give nested interval bounds: verified accuracy cannot grow.
+            assert all(0 <= b <= a <= 1 for a, b in zip(verified, verified[1:]))
+            assert verified[0] <= run["clean"] + 1e-9 and 0 <= run["pgd"]["accuracy"] <= 1
+    (comparison,) = cert["comparisons"]
+    assert comparison["paired"]  # the GM arm trains the same initial network
+    d = [a["pgd"]["accuracy"] - b["pgd"]["accuracy"]
+         for a, b in zip(cert["arms"]["bnn+gm-ibp"]["runs"], cert["arms"]["bnn"]["runs"])]
+    assert comparison["pgd"]["mean"] == pytest.approx(np.mean(d))
+    assert len(comparison["verified"]) == 3
+    mbn = reproduce.run_recipe("mbn", quick=True, out_dir=out, results_dir=results,
+                               overrides={**tiny("mbn"), "seeds": 2}, arms=["mbn2x3", "mbn1x1"])
+    assert mbn["comparisons"][0]["paired"]  # same seed and batches; shapes differ
+    small, big = mbn["arms"]["mbn1x1"]["bops"], mbn["arms"]["mbn2x3"]["bops"]
+    # M x N bases: every binary MAC is done M * N times; the float layers are unchanged.
+    assert big["binary_macs"] == 6 * small["binary_macs"] and big["total_macs"] == small["total_macs"]
+    assert json.loads((tmp_path / "results" / "mbn_quick.json").read_text())["arms"]["mbn2x3"]["bops"] == big
