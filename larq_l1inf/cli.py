@@ -391,8 +391,9 @@ def _train_settings(args):
 
 
 def _default_out_dir(config):
+    robust = "" if config.robust == "none" else f"-gm-{config.robust}"
     return os.path.join("runs", f"{config.dataset}-{config.backbone}-{config.variant}-"
-                                f"{config.regularizer}-seed{config.seed}")
+                                f"{config.regularizer}{robust}-seed{config.seed}")
 
 
 def run_train(args):
@@ -466,7 +467,7 @@ def register_train(subparsers):
     add("--resume", metavar="DIR", default=None,
         help="continue the interrupted run in DIR from its last completed epoch")
     add("--out", metavar="DIR",
-        help="run directory (default runs/DATASET-BACKBONE-VARIANT-REGULARIZER-seedSEED)")
+        help="run directory (default runs/DATASET-BACKBONE-VARIANT-REGULARIZER[-gm-ROBUST]-seedSEED)")
     add("--variant", help="BNN variant: bnn, xnor, dorefa, bireal, reactnet, irnet, abc, adabin, "
                           "cyclebnn, mbn (default bnn)")
     add("--variant-option", action="append", metavar="KEY=VALUE",

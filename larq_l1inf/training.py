@@ -772,17 +772,10 @@ def evaluate_model(model, x, y, *, flatbuffer=None, epsilon=None, draws=5, pgd_e
     """
     from larq_l1inf import evaluation
 
-    parameters = inspect.signature(evaluation.evaluate).parameters
-    kwargs = dict(flatbuffer=flatbuffer, draws=draws, seed=seed, pgd_epsilon=pgd_epsilon,
-                  pgd_iterations=pgd_iterations)
-    # `level` is being renamed `epsilon` (docs/conventions); accept either spelling.
-    kwargs["epsilon" if "epsilon" in parameters else "level"] = (
-        None if epsilon is None else tuple(float(v) for v in epsilon))
-    if "verbose" in parameters:
-        kwargs["verbose"] = 0
-    elif "progress" in parameters:
-        kwargs["progress"] = False
-    return evaluation.evaluate(model, x, y, **kwargs)
+    return evaluation.evaluate(
+        model, x, y, flatbuffer=flatbuffer, draws=draws, seed=seed, pgd_epsilon=pgd_epsilon,
+        pgd_iterations=pgd_iterations, verbose=0,
+        epsilon=None if epsilon is None else tuple(float(v) for v in epsilon))
 
 
 # --------------------------------------------------------------------------- train

@@ -165,6 +165,14 @@ def test_train_command_is_registered():
     assert training.TrainConfig().lr == 0.1 and training.TrainConfig().momentum == 0.9
 
 
+def test_default_run_directory_names_gm_training():
+    """A GM run and a plain run of the same settings get different default directories."""
+    plain = training.TrainConfig()
+    gm = training.TrainConfig(robust="ibp", robust_epsilon=0.1)
+    assert cli._default_out_dir(plain) != cli._default_out_dir(gm)
+    assert cli._default_out_dir(gm).endswith("-gm-ibp-seed0")
+
+
 class TestGMRobustTraining:
     def test_gm_flags_train_the_inner_model(self, tmp_path):
         from larq_l1inf._keras import tf
