@@ -484,6 +484,9 @@ def register_train(subparsers):
     add("--augment", action="store_true", help="the dataset's training augmentation")
     add("--regularizer", help="none (default), l1inf, l1, spectral, absum or lcr")
     add("--delta", type=float, help="penalty coefficient (for lcr: its lam)")
+    add("--lcr-teacher", metavar="train|PATH",
+        help="LCR's full-precision teacher: train it first, or load its saved weights "
+             "(default: untrained, with a warning)")
     add("--reduction", choices=("log", "sum", "product"), help="combination of the layer terms")
     add("--normalize", choices=("on", "off"), help="divide each layer term by its fan-in")
     add("--alpha", choices=("layer", "channel", "none"), help="the penalty's scaling factor")

@@ -228,6 +228,8 @@ def _recipes():
     arms = {"bireal": {"variant": "bireal"}}
     for reg in ("l1inf", "l1", "spectral", "absum", "lcr"):
         arms[f"bireal+{reg}"] = {"variant": "bireal", "regularizer": reg}
+    # LCR distils from a trained full-precision teacher (Shang et al. load a pretrained one).
+    arms["bireal+lcr"]["lcr_teacher"] = "train"
     comp = [(f"bireal+{r}", "bireal") for r in ("l1inf", "l1", "spectral", "absum", "lcr")]
     comp += [("bireal+l1inf", f"bireal+{r}") for r in ("l1", "spectral", "absum", "lcr")]
     recipes["table11"] = Recipe(

@@ -112,6 +112,10 @@ class TrainConfig:
     regularizer: one of `REGULARIZERS`.
     delta, reduction, normalize, alpha: the penalty's options (None: its class default).
         For `lcr`, `delta` is LCR's `lam` (default: the official `8 / (batch * 1e4)`).
+    lcr_teacher: LCR's full-precision teacher (the same architecture without quantizers):
+        `"train"` trains it first with the same data, epochs and optimizer (kept in
+        `OUT/teacher/`, so a resumed run does not train it again); a path loads its weights
+        (a saved Keras model or a weights file); None keeps it untrained, with a warning.
     warmup_epochs: epochs of linear warm-up of the penalty (`L1InfCallback`).
     log_bounds: also log the data-free Theorem 4.2 bound terms every epoch (`L1InfCallback(
         bounds=True)`; seconds per epoch on a ResNet-20, so off by default).
@@ -146,6 +150,7 @@ class TrainConfig:
     augment: bool = False
     regularizer: str = "none"
     delta: float = None
+    lcr_teacher: str = None
     reduction: str = None
     normalize: bool = None
     alpha: str = None
@@ -234,6 +239,12 @@ class TrainConfig:
                 "--delta/--warmup-epochs need a penalty: add --regularizer l1inf (or l1, "
                 "spectral, absum, lcr)."
             )
+        if self.lcr_teacher is not None and self.regularizer != "lcr":
+            raise ValueError("--lcr-teacher is an option of --regularizer lcr; drop it or add "
+                             "--regularizer lcr.")
+        if self.lcr_teacher not in (None, "train") and not os.path.exists(str(self.lcr_teacher)):
+            raise ValueError(f"--lcr-teacher {self.lcr_teacher!r}: no such file or directory; give "
+                             "'train' or the path of the full-precision twin's saved weights.")
         if self.regularizer == "lcr" and self.noise_augment is not None:
             raise ValueError("--regularizer lcr cannot be combined with --noise-augment yet.")
         if self.noise_augment is not None:
@@ -665,7 +676,7 @@ def fit(config, data=None, *, out_dir=None, verbose=None, callbacks=(), build=No
     with scope:
         model, deploy_model = (build or build_model)(config, data)
         if config.regularizer == "lcr":
-            model = _lcr_model(model, config)
+            model = _lcr_model(model, config, data, out_dir, verbose)
         if config.robust != "none":
             model = gm_model(model, config, steps)
         model.compile(
@@ -748,16 +759,46 @@ def gm_model(model, config, steps_per_epoch):
         rampup_steps=config.gm_rampup_epochs * steps_per_epoch, seed=config.seed)
 
 
-def _lcr_model(model, config):
+def _lcr_model(model, config, data, out_dir=None, verbose=0):
     from larq_l1inf.lcr import LCRModel
 
-    teacher = full_precision_clone(model)
-    log.warning(
-        "LCR: the full-precision teacher is untrained (same architecture, fresh weights); "
-        "LCR expects a pretrained teacher."
-    )
     # Stages found from the graph (lcr.find_stages); delta None is the official lam 8 / (B * 1e4).
-    return LCRModel(model, teacher, lam=config.delta)
+    return LCRModel(model, lcr_teacher(model, config, data, out_dir, verbose), lam=config.delta)
+
+
+def lcr_teacher(model, config, data, out_dir=None, verbose=0):
+    """LCR's full-precision teacher of `model` as `config.lcr_teacher` asks (see `TrainConfig`).
+
+    # Returns
+    The teacher, a `full_precision_clone(model)`: trained, loaded or untrained.
+    """
+    teacher = full_precision_clone(model)
+    source = config.lcr_teacher
+    if source is None:
+        log.warning("LCR: the full-precision teacher is untrained (same architecture, fresh "
+                    "weights); LCR expects a pretrained teacher: use --lcr-teacher train or PATH.")
+        return teacher
+    if source != "train":
+        try:
+            loaded = tf.keras.models.load_model(source, compile=False)
+            teacher.set_weights(loaded.get_weights())
+        except (OSError, ValueError, ImportError):
+            teacher.load_weights(source)
+        return teacher
+    path = os.path.join(out_dir, "teacher", "weights.h5") if out_dir else None
+    if path and os.path.exists(path):
+        teacher.load_weights(path)
+        return teacher
+    dataset, steps = train_dataset(data, config)
+    teacher.compile(optimizer=_optimizer(config, steps), metrics=["accuracy"],
+                    loss=tf.keras.losses.SparseCategoricalCrossentropy(
+                        from_logits=_outputs_logits(teacher)))
+    log.warning("LCR: training the full-precision teacher (%d epochs).", config.epochs)
+    teacher.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, verbose=verbose)
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        teacher.save_weights(path)
+    return teacher
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -236,6 +236,29 @@ def test_lcr_trains_the_student_against_a_full_precision_teacher(tiny_data):
     assert any(getattr(layer, "kernel_quantizer", None) is not None for layer in model.layers)
 
 
+def test_lcr_teacher_is_trained_once_and_loadable(tiny_data, tmp_path):
+    """`lcr_teacher="train"` fits the full-precision twin first and keeps it in OUT/teacher; a
+    path loads those weights; the option needs --regularizer lcr and an existing path."""
+    config = tiny_config(regularizer="lcr", lcr_teacher="train", epochs=1)
+    student, _ = training.fit(config, tiny_data, out_dir=str(tmp_path / "run"), verbose=0)
+    path = tmp_path / "run" / "teacher" / "weights.h5"
+    assert path.exists()
+    untrained = training.lcr_teacher(student, tiny_config(regularizer="lcr"), tiny_data)
+    trained = training.lcr_teacher(student, config, tiny_data, out_dir=str(tmp_path / "run"))
+    loaded = training.lcr_teacher(student, tiny_config(regularizer="lcr", lcr_teacher=str(path)),
+                                  tiny_data)
+    x, y = tiny_data.arrays("test")
+    assert all(np.array_equal(a, b) for a, b in zip(trained.get_weights(), loaded.get_weights()))
+    assert not all(np.array_equal(a, b)
+                   for a, b in zip(trained.get_weights(), untrained.get_weights()))
+    assert not any(getattr(layer, "kernel_quantizer", None) for layer in trained.layers)
+    assert np.isfinite(trained.predict(x, verbose=0)).all()
+    with pytest.raises(ValueError, match="option of --regularizer lcr"):
+        tiny_config(lcr_teacher="train").validate()
+    with pytest.raises(ValueError, match="no such file"):
+        tiny_config(regularizer="lcr", lcr_teacher=str(tmp_path / "nope.h5")).validate()
+
+
 def test_demo_net_is_a_registered_backbone_and_the_old_builder_warns():
     from larq_l1inf import backbones, cli
 
