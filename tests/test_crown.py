@@ -152,6 +152,28 @@ class TestSoundness:
             assert np.all(bound <= sampled + TOL * (1 + np.abs(sampled))), (beta, bound, sampled)
             np.testing.assert_allclose(bound[np.arange(3), y], 0.0)
 
+    @pytest.mark.parametrize("activation", ["relu", lq.activations.hard_tanh],
+                             ids=["relu", "hard_tanh"])
+    @pytest.mark.parametrize("epsilon", [0.05, 0.1, 0.3])
+    def test_bound_below_the_grid_minimum_of_a_2d_input_net(self, activation, epsilon):
+        """Two inputs: a 161 x 161 grid of the box finds the true minimum margin closely, so a
+        relaxation on the wrong side shows up (random samples of a wide box rarely do)."""
+        model = tf.keras.Sequential([tf.keras.Input((2,)), L.Dense(8, activation=activation),
+                                     L.Dense(8, activation=activation), L.Dense(3)])
+        rng = np.random.default_rng(17)
+        model.set_weights([rng.normal(0, 1.5, w.shape).astype("float32")
+                           for w in model.get_weights()])
+        x = np.random.default_rng(16).uniform(-1, 1, (6, 2)).astype("float32")
+        y = np.arange(6) % 3
+        epsilon = 0.2
+        t = np.linspace(-epsilon, epsilon, 161)
+        grid = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2)
+        bound = margin_bounds(model, x, y, epsilon, clip=None).numpy()
+        for i in range(len(x)):
+            z = _logits(model, (x[i] + grid).astype("float32"))
+            exact = (z[:, y[i]][:, None] - z).min(axis=0)
+            assert np.all(bound[i] <= exact + TOL), (i, bound[i], exact)
+
     def test_relaxations_hold_on_a_grid_in_every_case(self):
         rng = np.random.default_rng(0)
         centres = rng.uniform(-3, 3, 400)
