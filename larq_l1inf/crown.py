@@ -657,7 +657,16 @@ def _labels(y, classes):
         raise ValueError(
             f"`y` looks one-hot (shape {tuple(y.shape)}); pass integer class labels "
             "(e.g. `np.argmax(y, -1)`).")
-    return tf.cast(tf.reshape(y, [-1]), tf.int32)
+    y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+    message = f"`y` must hold integer class labels in [0, {classes})"
+    if tf.executing_eagerly():
+        if tf.size(y) and not (0 <= int(tf.reduce_min(y)) and int(tf.reduce_max(y)) < classes):
+            raise ValueError(f"{message}, got labels {sorted(set(y.numpy().tolist()))}.")
+        return y
+    checks = [tf.debugging.assert_non_negative(y, message=message),
+              tf.debugging.assert_less(y, classes, message=message)]
+    with tf.control_dependencies(checks):
+        return tf.identity(y)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -691,8 +700,8 @@ def margin_bounds(model, x, y, epsilon, clip=(0.0, 1.0), beta=1.0, training=Fals
     A float tensor `(batch, classes)`.
 
     # Raises
-    ValueError: for `beta` outside [0, 1], a negative `epsilon`, one-hot `y`, or a model with
-        several inputs or outputs.
+    ValueError: for `beta` outside [0, 1], a negative `epsilon`, one-hot `y` or labels out of
+        range, or a model with several inputs or outputs.
     UnsupportedLayerError: naming a layer IBP cannot bound.
 
     # References

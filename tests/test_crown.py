@@ -107,11 +107,41 @@ def sign_mlp():
     ], name="sign_mlp"))
 
 
+def conv_1d():
+    inputs = tf.keras.Input((16, 2))
+    x = L.Conv1D(4, 3, padding="causal", activation="relu")(inputs)
+    x = lq.layers.QuantConv1D(4, 3, padding="same", pad_values=1.0, **BINARY)(x)
+    x = L.BatchNormalization()(x)
+    x = L.DepthwiseConv1D(3, strides=2, padding="same")(x)
+    x = L.ReLU()(x)
+    x = L.GlobalAveragePooling1D()(x)
+    return _randomize_batchnorm(tf.keras.Model(inputs, L.Dense(4)(x), name="conv_1d"))
+
+
+def plumbing_linear():
+    """Only affine layers, through every parameter-free linear layer and linear merge."""
+    inputs = tf.keras.Input((6, 6, 1))
+    x = L.Rescaling(2.0, offset=-1.0)(inputs)
+    x = L.ZeroPadding2D(1)(x)
+    x = L.Conv2D(2, 3, strides=2, dilation_rate=1)(x)
+    x = L.UpSampling2D(2)(x)
+    x = L.Cropping2D(1)(x)
+    x = L.Conv2D(2, 3, padding="same", dilation_rate=2)(x)
+    x = L.AveragePooling2D(2, padding="same")(x)
+    x = L.Permute((2, 1, 3))(x)
+    x = L.Reshape((-1,))(x)
+    a, b = L.Dense(5)(x), L.Dense(5)(x)
+    x = L.Concatenate()([L.Subtract()([a, b]), L.Average()([a, b, L.Add()([a, b])])])
+    x = L.RepeatVector(2)(x)
+    x = L.Flatten()(x)
+    return tf.keras.Model(inputs, L.Dense(3)(x), name="plumbing_linear")
+
+
 def toy():
     return trained_like_batchnorm(toy_bnn(input_shape=(8, 8, 1), num_classes=4, width=4))
 
 
-BUILDERS = [relu_mlp, relu_conv, hard_tanh_net, residual_bnn, sign_mlp, toy]
+BUILDERS = [relu_mlp, relu_conv, hard_tanh_net, residual_bnn, sign_mlp, conv_1d, toy]
 
 
 def _logits(model, x):
@@ -209,9 +239,9 @@ class TestExactness:
                 exact = c @ logits[i] - epsilon * np.abs(w @ c).sum()
                 assert bound[i, j] == pytest.approx(exact, abs=1e-4)
 
-    def test_linear_conv_network_is_exact(self):
-        """Convs (binary kernel, pad_values=1), BN, average pooling, Flatten: the bound is the
-        exact minimum, whose matrix is read from the model on basis vectors."""
+    @staticmethod
+    def linear_conv():
+        """Convs (binary kernel, pad_values=1), BN, average pooling, Flatten."""
         inputs = tf.keras.Input((6, 6, 1))
         h = lq.layers.QuantConv2D(3, 3, padding="same", pad_values=1.0,
                                   kernel_quantizer="ste_sign", use_bias=False)(inputs)
@@ -219,7 +249,13 @@ class TestExactness:
         h = L.AveragePooling2D(2, padding="same")(h)
         h = L.DepthwiseConv2D(2, padding="same")(h)
         h = L.Flatten()(h)
-        model = _randomize_batchnorm(tf.keras.Model(inputs, L.Dense(3)(h)))
+        return _randomize_batchnorm(tf.keras.Model(inputs, L.Dense(3)(h)))
+
+    @pytest.mark.parametrize("builder", ["linear_conv", "plumbing_linear"])
+    def test_affine_conv_network_is_exact(self, builder):
+        """The bound is the exact minimum, whose matrix is read from the model on basis
+        vectors (the model is affine)."""
+        model = self.linear_conv() if builder == "linear_conv" else plumbing_linear()
         n = 36
         basis = np.concatenate([np.zeros((1, n)), np.eye(n)]).reshape(-1, 6, 6, 1)
         z = _logits(model, basis.astype("float32"))
@@ -291,12 +327,11 @@ class TestAgainstReferences:
         got = margin_bounds(model, x, y, epsilon, clip=None).numpy()
         np.testing.assert_allclose(got, expected, atol=1e-4)
 
-    @pytest.mark.parametrize("builder", [relu_mlp, relu_conv, residual_bnn, sign_mlp, toy],
-                             ids=lambda b: b.__name__)
+    @pytest.mark.parametrize("builder", BUILDERS + [plumbing_linear], ids=lambda b: b.__name__)
     def test_beta_zero_is_ibp_certified_margin(self, builder):
         model = builder()
         x = uniform_inputs((4, *model.input_shape[1:]), seed=8)
-        y = np.array([0, 1, 2, 3])
+        y = np.array([0, 1, 2, 3]) % model.output_shape[-1]
         got = crown_ibp_margin(model, x, y, 0.03, beta=0.0).numpy()
         np.testing.assert_allclose(got, certified_margin(model, x, y, 0.03).numpy(),
                                    rtol=1e-5, atol=1e-4)
@@ -363,6 +398,8 @@ class TestMixingAndInputs:
         model, x = relu_mlp(), uniform_inputs((2, 6))
         with pytest.raises(ValueError, match="epsilon"):
             margin_bounds(model, x, [0, 1], -0.1)
+        with pytest.raises(ValueError, match="class labels in"):
+            margin_bounds(model, x, [0, 4], 0.1)
         with pytest.raises(ValueError, match="one-hot"):
             margin_bounds(model, x, np.eye(4)[[0, 1]], 0.1)
         with pytest.raises(ValueError, match="differ in length"):
@@ -444,3 +481,12 @@ class TestGradients:
             beta.assign(b)
             losses.append(float(step()))
         assert np.all(np.isfinite(losses))
+
+
+def test_module_example_runs():
+    import re
+
+    from larq_l1inf import crown
+
+    code = re.search(r"```python\n(.*?)```", crown.__doc__, re.S).group(1)
+    exec(compile("\n".join(line[4:] for line in code.splitlines()), "crown example", "exec"), {})
