@@ -4,9 +4,10 @@ The three are compiled with `tf.function` and timed in one process on the same f
 a small binary ResNet-20, interleaved (the order rotates every repeat), so their ratios are
 valid on a shared machine even when the absolute times are not. CROWN-IBP =
 `larq_l1inf.crown.margin_bounds(beta=1)` (forward interval pass + backward linear pass with one
-row per class); IBP = `larq_l1inf.ibp.certified_margin` (the last Dense folded in).
+row per class); IBP = `larq_l1inf.ibp.certified_margin` (the last Dense folded in). Also timed:
+the robust loss of a training step, CE(-margins) and its gradient, by both bounds.
 
-    python benchmarks/crown_cost.py                  # ~1 min on 2 shared cores
+    python benchmarks/crown_cost.py                  # ~2 min on 2 shared cores
     python benchmarks/crown_cost.py --repeats 3 --calls 3   # quick look
 """
 
@@ -64,15 +65,33 @@ def main(argv=None):
     def crown():
         return margin_bounds(model, x, y, args.epsilon, beta=1.0)
 
+    def loss_and_gradient(margins_fn):
+        def step():
+            with tf.GradientTape() as tape:
+                margins = margins_fn()
+                loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                    y, -margins, from_logits=True))
+            grads = tape.gradient(loss, model.trainable_weights)
+            return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])
+        return step
+
+    def ibp_margins():  # all margins with the last Dense folded in: beta = 0
+        return margin_bounds(model, x, y, args.epsilon, beta=0.0, training=True)
+
+    def crown_margins():
+        return margin_bounds(model, x, y, args.epsilon, beta=1.0, training=True)
+
     fns = {name: tf.function(fn) for name, fn in
-           (("forward", forward), ("ibp", ibp), ("crown_ibp", crown))}
+           (("forward", forward), ("ibp", ibp), ("crown_ibp", crown),
+            ("ibp_loss_gradient", loss_and_gradient(ibp_margins)),
+            ("crown_ibp_loss_gradient", loss_and_gradient(crown_margins)))}
     for fn in fns.values():
         time_calls(fn, 1)  # trace and warm up
 
     names = list(fns)
     times = {name: [] for name in names}
     for r in range(args.repeats):
-        for name in names[r % 3:] + names[:r % 3]:
+        for name in names[r % len(names):] + names[:r % len(names)]:
             times[name].append(time_calls(fns[name], args.calls))
     median = {name: statistics.median(t) for name, t in times.items()}
 
@@ -82,7 +101,9 @@ def main(argv=None):
     ibp_margin = fns["ibp"]().numpy()
     result = {
         "what": "seconds per call on one batch, tf.function, interleaved in one process: a "
-                "forward pass, one IBP certified margin, one CROWN-IBP margin bound (beta=1)",
+                "forward pass, one IBP certified margin, one CROWN-IBP margin bound (beta=1); "
+                "and the robust loss CE(-margins) with its gradient (batch-norm in training "
+                "mode) by IBP (beta=0) and by CROWN-IBP (beta=1)",
         "model": model.name,
         "params": int(model.count_params()),
         "batch_size": args.batch_size,
@@ -95,6 +116,8 @@ def main(argv=None):
         "crown_ibp_over_forward": median["crown_ibp"] / median["forward"],
         "crown_ibp_over_ibp": median["crown_ibp"] / median["ibp"],
         "ibp_over_forward": median["ibp"] / median["forward"],
+        "training_step_crown_ibp_over_ibp": (median["crown_ibp_loss_gradient"]
+                                             / median["ibp_loss_gradient"]),
         "paired_crown_over_ibp": [c / i for c, i in zip(times["crown_ibp"], times["ibp"])],
         "mean_certified_margin": {"ibp": float(np.mean(ibp_margin)),
                                   "crown_ibp": float(np.mean(crown_margin))},
@@ -110,7 +133,8 @@ def main(argv=None):
           f"{median['forward'] * 1e3:.1f} ms, IBP {median['ibp'] * 1e3:.1f} ms, CROWN-IBP "
           f"{median['crown_ibp'] * 1e3:.1f} ms; CROWN-IBP/IBP "
           f"{result['crown_ibp_over_ibp']:.2f}, CROWN-IBP/forward "
-          f"{result['crown_ibp_over_forward']:.2f}; mean margin IBP "
+          f"{result['crown_ibp_over_forward']:.2f}; loss+gradient CROWN-IBP/IBP "
+          f"{result['training_step_crown_ibp_over_ibp']:.2f}; mean margin IBP "
           f"{result['mean_certified_margin']['ibp']:.1f} vs CROWN-IBP "
           f"{result['mean_certified_margin']['crown_ibp']:.1f}")
     write_json(result, args.out)

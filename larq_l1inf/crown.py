@@ -236,7 +236,7 @@ class _Op:
     layer, bias and padding included), "quantize" (a layer's input quantizer `fn`),
     "activation" (a layer's activation `fn`) or "layer" (a whole layer)."""
 
-    __slots__ = ("kind", "layer", "fn", "inputs", "output")
+    __slots__ = ("fn", "inputs", "kind", "layer", "output")
 
     def __init__(self, kind, layer, inputs, output, fn=None):
         self.kind, self.layer, self.inputs, self.output, self.fn = kind, layer, inputs, output, fn

@@ -483,10 +483,13 @@ class TestGradients:
         assert np.all(np.isfinite(losses))
 
 
-def test_module_example_runs():
+def test_module_example_runs(tmp_path):
     import re
+    import runpy
 
     from larq_l1inf import crown
 
-    code = re.search(r"```python\n(.*?)```", crown.__doc__, re.S).group(1)
-    exec(compile("\n".join(line[4:] for line in code.splitlines()), "crown example", "exec"), {})
+    code = re.search(r"```python\n(.*?)```", crown.__doc__, re.DOTALL).group(1)
+    script = tmp_path / "example.py"
+    script.write_text("\n".join(line[4:] for line in code.splitlines()))
+    runpy.run_path(str(script))
