@@ -464,12 +464,13 @@ class TestGradients:
         x = uniform_inputs((8, 8, 8, 1), seed=15)
         y = np.arange(8) % 4
         beta = tf.Variable(1.0, trainable=False)
+        ramp = tf.Variable(0.5, trainable=False)  # epsilon as a scheduled tensor too
         optimizer = tf.keras.optimizers.SGD(0.01)
 
         @tf.function
         def step():
             with tf.GradientTape() as tape:
-                margins = margin_bounds(model, x, y, 0.02, beta=beta, training=True)
+                margins = margin_bounds(model, x, y, ramp * 0.04, beta=beta, training=True)
                 loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
                     y, -margins, from_logits=True))
             optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_weights),
@@ -493,3 +494,27 @@ def test_module_example_runs(tmp_path):
     script = tmp_path / "example.py"
     script.write_text("\n".join(line[4:] for line in code.splitlines()))
     runpy.run_path(str(script))
+
+
+@pytest.mark.parametrize("variant", ["reactnet", "adabin"])
+def test_backbone_variants_sound_and_not_looser_than_ibp(variant):
+    """ResNet-20 of the package's variants: RSign / RPReLU (ReActNet), AdaBin's activation,
+    Normalization, residual shortcuts; the variant layers are bounded by ibp.py's rules."""
+    from larq_l1inf.backbones import resnet20
+
+    model = _randomize_batchnorm(resnet20(variant, num_classes=3, input_shape=(8, 8, 3),
+                                          width=2, logits=True))
+    for layer in model.submodules:  # non-trivial learned shifts and slopes
+        for name in ("alpha", "gamma", "zeta", "center"):
+            w = getattr(layer, name, None)
+            if isinstance(w, tf.Variable) and not isinstance(layer, L.BatchNormalization):
+                w.assign(np.full(w.shape, 0.05, np.float32))
+    x = uniform_inputs((2, 8, 8, 3), seed=18)
+    y = np.array([0, 2])
+    bound = margin_bounds(model, x, y, 0.01).numpy()
+    sampled = _sampled_min_margins(model, x, y, 0.01, count=300, seed=19)
+    assert np.all(bound <= sampled + TOL * (1 + np.abs(sampled)))
+    ibp = margin_bounds(model, x, y, 0.01, beta=0.0).numpy()
+    np.testing.assert_allclose(ibp.min(-1, initial=np.inf, where=np.eye(3)[y] == 0),
+                               certified_margin(model, x, y, 0.01).numpy(), rtol=1e-5, atol=1e-3)
+    assert np.all(bound >= ibp - 1e-3 * (1 + np.abs(ibp)))  # no ReLU relaxed: never looser
