@@ -67,8 +67,8 @@ the logits $-\underline{m}$ (zero at the true class).
 
 # References
 - H. Zhang, H. Chen, C. Xiao, S. Gowal, R. Stanforth, B. Li, D. Boning, C.-J. Hsieh. Towards
-  Stable and Efficient Training of Verifiably Robust Neural Networks. ICLR 2020, sec. 3.2
-  (CROWN-IBP bound, eq. 7-8) and the adaptive ReLU lower slope.
+  Stable and Efficient Training of Verifiably Robust Neural Networks. ICLR 2020, sec. 3
+  (the CROWN-IBP bound, its adaptive ReLU lower slope and the beta mixing with IBP).
 - H. Zhang, T.-W. Weng, P.-Y. Chen, C.-J. Hsieh, L. Daniel. Efficient Neural Network
   Robustness Certification with General Activation Functions (CROWN). NeurIPS 2018.
 - Z. Liang, T. Wu, W. Liu, B. Xue, W. Yang, J. Wang, Z. Pang. Towards robust neural networks
@@ -152,7 +152,7 @@ def relu_relaxation(lower, upper):
     - H. Zhang et al. Efficient Neural Network Robustness Certification with General
       Activation Functions. NeurIPS 2018, sec. 3.
     - H. Zhang et al. Towards Stable and Efficient Training of Verifiably Robust Neural
-      Networks. ICLR 2020, sec. 3.2.
+      Networks. ICLR 2020, sec. 3.
     """
     one, zero = tf.ones_like(lower), tf.zeros_like(lower)
     active, dead = lower >= 0, upper <= 0
@@ -706,7 +706,7 @@ def margin_bounds(model, x, y, epsilon, clip=(0.0, 1.0), beta=1.0, training=Fals
 
     # References
     - H. Zhang et al. Towards Stable and Efficient Training of Verifiably Robust Neural
-      Networks. ICLR 2020, sec. 3.2, eq. 7-8.
+      Networks. ICLR 2020, sec. 3.
     - Z. Liang et al. Towards robust neural networks via a global and monotonically decreasing
       robustness training strategy. FITEE 2023, eq. 17.
     """
