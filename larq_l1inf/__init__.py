@@ -43,7 +43,8 @@ from larq_l1inf.regularizers import (  # noqa: E402
 
 # Heavier modules (LCE, matplotlib, TFDS) load on first use: `larq_l1inf.deploy.convert(...)`.
 _LAZY_MODULES = (
-    "attacks", "backbones", "bops", "bounds", "cli", "data", "deploy", "evaluation", "flatbuffer",
+    "attacks", "backbones", "bops", "bounds", "cli", "crown", "data", "deploy", "evaluation",
+    "flatbuffer",
     "ibp", "plots", "reproduce", "training", "utils",
 )
 
