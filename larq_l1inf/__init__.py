@@ -44,8 +44,7 @@ from larq_l1inf.regularizers import (  # noqa: E402
 # Heavier modules (LCE, matplotlib, TFDS) load on first use: `larq_l1inf.deploy.convert(...)`.
 _LAZY_MODULES = (
     "attacks", "backbones", "bops", "bounds", "cli", "crown", "data", "deploy", "evaluation",
-    "flatbuffer",
-    "ibp", "plots", "reproduce", "training", "utils",
+    "flatbuffer", "ibp", "plots", "reproduce", "training", "utils",
 )
 
 __all__ = [
