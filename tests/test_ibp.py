@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from helpers import BINARY, toy_bnn, trained_like_batchnorm, uniform_inputs
 
+from larq_l1inf import ibp
 from larq_l1inf._keras import tf
 from larq_l1inf.ibp import (
     UnsupportedLayerError,
@@ -293,3 +294,144 @@ def test_per_sample_epsilon_equals_separate_calls():
         np.testing.assert_allclose(upper.numpy()[i:i + 1], ui.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="epsilon"):
         interval_bounds(model, x, np.array([0.1, -0.1]).reshape(2, 1, 1, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The binary-kernel radius (|W_b| = c_o): window sums instead of a convolution with |W_b|
+# ---------------------------------------------------------------------------------------------
+
+BINARY_KERNELS = ["ste_sign", "magnitude_aware_sign", "xnor_sign", "magnitude_sign",
+                  "libra_pb_sign", "dorefa_weight",
+                  lambda: lq.quantizers.DoReFa(k_bit=1, mode="weights")]
+RADIUS_LAYERS = [  # (layer, input shape)
+    (lambda q, iq: lq.layers.QuantConv2D(3, 3, padding="same", pad_values=1.0, kernel_quantizer=q,
+                                         input_quantizer=iq, use_bias=False), (7, 7, 2)),
+    (lambda q, iq: lq.layers.QuantConv2D(3, 3, padding="same", strides=2, kernel_quantizer=q,
+                                         input_quantizer=iq), (7, 7, 2)),
+    (lambda q, iq: lq.layers.QuantConv2D(3, (2, 3), padding="valid", dilation_rate=2,
+                                         kernel_quantizer=q, input_quantizer=iq), (8, 8, 2)),
+    (lambda q, iq: lq.layers.QuantConv1D(3, 3, padding="causal", dilation_rate=2,
+                                         kernel_quantizer=q, input_quantizer=iq), (9, 2)),
+    (lambda q, iq: lq.layers.QuantConv1D(3, 3, padding="same", pad_values=-1.0, strides=2,
+                                         kernel_quantizer=q, input_quantizer=iq), (9, 2)),
+    (lambda q, iq: lq.layers.QuantConv3D(2, 2, padding="same", pad_values=1.0, kernel_quantizer=q,
+                                         input_quantizer=iq), (4, 4, 4, 2)),
+    (lambda q, iq: lq.layers.QuantDense(3, kernel_quantizer=q, input_quantizer=iq), (5,)),
+    (lambda q, iq: lq.layers.QuantDense(3, kernel_quantizer=q, input_quantizer=iq), (4, 5)),
+]
+
+
+def _quantizer(q):
+    return q() if callable(q) else q
+
+
+@pytest.fixture
+def radius_mode(monkeypatch):
+    def set_mode(mode):
+        monkeypatch.setattr(ibp, "BINARY_RADIUS", mode)
+    return set_mode
+
+
+# Every layer case with ste_sign; every binary kernel on a conv and a Dense case.
+RADIUS_CASES = ([("ste_sign", c) for c in range(len(RADIUS_LAYERS))]
+                + [(q, c) for q in BINARY_KERNELS[1:] for c in (0, len(RADIUS_LAYERS) - 1)])
+
+
+@pytest.mark.parametrize("q,case", RADIUS_CASES)
+def test_binary_radius_equals_the_generic_path(q, case, radius_mode):
+    make, shape = RADIUS_LAYERS[case]
+    rng = np.random.default_rng(case)
+    for input_quantizer in (None, "ste_sign"):  # a continuous radius, and a sign's {0, 1}
+        layer = make(_quantizer(q), input_quantizer)
+        model = tf.keras.Sequential([tf.keras.Input(shape), layer])
+        layer.kernel.assign(rng.normal(0, 0.5, layer.kernel.shape).astype("float32"))
+        assert ibp._binary_quantizer(layer, layer.kernel), "fast path not taken"
+        x = rng.uniform(-1, 1, (3, *shape)).astype("float32")
+        eps = rng.uniform(0, 0.3, (3, *shape)).astype("float32")  # a different radius per entry
+        got = {}
+        for mode in ("fast", "exact", "generic"):
+            radius_mode(mode)
+            got[mode] = [t.numpy() for t in interval_bounds(model, x, eps, clip=None)]
+            if mode == "fast" and input_quantizer is None:  # the tf.cond of the graph
+                graph = tf.function(lambda: interval_bounds(model, x, eps, clip=None))()
+                for a, b in zip(got[mode], graph):
+                    np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-5)
+        for mode in ("fast", "exact"):
+            for a, b in zip(got[mode], got["generic"]):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        assert np.any(got["fast"][1] - got["fast"][0] > 1e-3)
+
+
+def test_binary_radius_is_not_used_for_other_kernels():
+    float_conv = L.Conv2D(2, 3)
+    tern = lq.layers.QuantConv2D(2, 3, kernel_quantizer="ste_tern")
+    adabin = lq.layers.QuantConv2D(2, 3, kernel_quantizer="adabin_weight")
+    for layer in (float_conv, tern, adabin):
+        layer.build((None, 6, 6, 2))
+        assert not ibp._binary_quantizer(layer, layer.kernel), layer.kernel_quantizer
+
+
+def _gradients(model, x, mode, radius_mode, extra=()):
+    radius_mode(mode)
+    with tf.GradientTape() as tape:
+        lower, upper = interval_bounds(model, x, 0.05, training=True)
+        loss = tf.reduce_sum(upper - lower) + tf.reduce_sum(lower * np.arange(5.0))
+    variables = list(model.trainable_weights) + list(extra)
+    grads = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return variables, grads
+
+
+def test_binary_radius_gradients(radius_mode):
+    """`exact` gives the generic path's gradients everywhere; `fast` everywhere but in the
+    latent binary kernels (the straight-through gradient through |W_b| = 1), and for a kernel
+    `alpha_o * sign(W)` with a learned `alpha` the same gradient in `alpha`."""
+    alpha = tf.Variable(np.linspace(0.5, 2.0, 8).astype("float32"))
+
+    def scaled_sign(w):
+        return alpha * tf.stop_gradient(lq.math.sign(w))
+
+    model = toy_bnn()
+    x = uniform_inputs((4, 8, 8, 3))
+    scaled = tf.keras.Sequential([
+        tf.keras.Input((8, 8, 3)),
+        lq.layers.QuantConv2D(8, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
+                              kernel_quantizer=scaled_sign, use_bias=False),
+        L.BatchNormalization(), L.GlobalAveragePooling2D(), L.Dense(5)])
+    for net, extra in ((model, ()), (scaled, (alpha,))):
+        variables, generic = _gradients(net, x, "generic", radius_mode, extra)
+        _, exact = _gradients(net, x, "exact", radius_mode, extra)
+        _, fast = _gradients(net, x, "fast", radius_mode, extra)
+        assert any(np.any(g.numpy() != 0) for g in generic)
+        for v, g, e, f in zip(variables, generic, exact, fast):
+            np.testing.assert_allclose(e.numpy(), g.numpy(), rtol=1e-4, atol=1e-5, err_msg=v.name)
+            latent_binary = "quant_conv" in v.name and "kernel" in v.name and net is model
+            if not latent_binary:
+                np.testing.assert_allclose(f.numpy(), g.numpy(), rtol=1e-4, atol=1e-5,
+                                           err_msg=v.name)
+
+
+def test_binary_radius_falls_back_when_a_traced_kernel_stops_being_binary(radius_mode):
+    """A quantizer with state can leave +-c after tracing: checked in the graph on every call."""
+    shift = tf.Variable(0.0, trainable=False)
+
+    def shifted_sign(w):
+        return lq.math.sign(w) + shift
+
+    model = tf.keras.Sequential([tf.keras.Input((6, 6, 2)), lq.layers.QuantConv2D(
+        3, 3, kernel_quantizer=shifted_sign, input_quantizer="ste_sign")])
+    x = uniform_inputs((2, 6, 6, 2))
+    bounds = tf.function(lambda: interval_bounds(model, x, 0.3))
+    radius_mode("fast")
+    bounds()  # traced while the kernel is +-1
+    shift.assign(0.5)  # now {-0.5, 1.5}
+    got = [t.numpy() for t in bounds()]
+    radius_mode("generic")
+    want = [t.numpy() for t in interval_bounds(model, x, 0.3)]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_binary_radius_mode(radius_mode):
+    radius_mode("quick")
+    with pytest.raises(ValueError, match="BINARY_RADIUS"):
+        interval_bounds(toy_bnn(), uniform_inputs((1, 8, 8, 3)), 0.1)
