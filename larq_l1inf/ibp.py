@@ -182,9 +182,16 @@ def _is_monotone_quantizer(q):
     return isinstance(q, tuple(_MONOTONE_QUANTIZERS))
 
 
+# Quantizers that are not elementwise but have an interval rule: class -> fn(q, box) -> Interval.
+_QUANTIZER_RULES = []
+
+
 def _quantize(layer, q, box, attr="input_quantizer"):
     if q is None:
         return box
+    for cls, fn in _QUANTIZER_RULES:
+        if isinstance(q, cls):
+            return fn(q, box)
     if not _is_monotone_quantizer(q):
         raise UnsupportedLayerError(
             f"Layer {layer.name!r} ({type(layer).__name__}): its {attr} {type(q).__name__} is "
@@ -588,26 +595,60 @@ def _base_rules():
 _RULES.extend(_base_rules())
 
 
+def _abc_activation(layer, box, training):
+    r"""ABC-Net's $\sum_n \beta_n H_{v_n}(x)$ with non-decreasing steps $H$: the terms with
+    $\beta_n \ge 0$ are smallest at $l$, the others at $u$ (a sum of interval maps)."""
+    scale = tf.convert_to_tensor(layer.scale)
+
+    def part(x, scales):
+        # The layer's own call with the scales of one sign: its forward and its STE.
+        with _patched(layer, "scale", scales, track=False):
+            return layer(x)
+
+    positive, negative = tf.maximum(scale, 0.0), tf.minimum(scale, 0.0)
+    return Interval(part(box.lower, positive) + part(box.upper, negative),
+                    part(box.upper, positive) + part(box.lower, negative))
+
+
+def _cyclic_sign(q, box):
+    r"""CycleBNN's $\operatorname{sign}(Q_k(x))$ with a min-max grid of step $s$ over each
+    sample (or filter): the grid moves with the input, but $|Q_k(x) - x| \le s/2$ and
+    $s \le \bar s = (\max u - \min l) / (2^k - 1)$ over the box, so
+    $[\operatorname{sign}(l - \bar s/2), \operatorname{sign}(u + \bar s/2)]$ contains it
+    (exactly $[q(l), q(u)]$ at `bits <= 0`, the plain sign)."""
+    from larq_l1inf import quantizers
+
+    lower, upper = box.lower, box.upper
+    rank = lower.shape.rank
+    axes = list(range(1, rank)) if q.mode == "activations" else list(range(rank - 1))
+    levels = tf.pow(2.0, tf.maximum(q.bits, 1.0)) - 1.0
+    spread = tf.reduce_max(upper, axes, keepdims=True) - tf.reduce_min(lower, axes, keepdims=True)
+    # The quantizer's floor on the step, and its min/max as constants in the backward pass.
+    half = tf.stop_gradient(tf.where(q.bits > 0, tf.maximum(spread / levels, 1e-8), 0.0) / 2)
+    grad = (quantizers.approx_sign_gradient if q.mode == "activations"
+            else lambda v: tf.ones_like(v))
+    sign = lambda v: quantizers.straight_through(lq.math.sign, v, grad)  # noqa: E731
+    return Interval(sign(lower - half), sign(upper + half))
+
+
 def _variant_rules():
-    """Rules for this package's BNN-variant layers whose forward pass is elementwise."""
-    from larq_l1inf import variants
+    """Rules for this package's BNN-variant layers and quantizers."""
+    from larq_l1inf import layers as ours
+    from larq_l1inf import quantizers
 
-    def get(name):
-        return getattr(variants, name, None)
-
-    for name in ("EDESign", "DoReFaActivation"):  # elementwise sign / clip-and-round
-        if get(name) is not None:
-            register_monotone_quantizer(get(name))
+    for cls in (quantizers.EDESign, quantizers.DoReFaActivation):  # elementwise sign / round
+        register_monotone_quantizer(cls)
+    _QUANTIZER_RULES.append((quantizers.CyclicSign, _cyclic_sign))
     rules = [
-        ("RSign", lambda layer, box, training: box.map(layer)),  # sign(x - alpha_c)
-        ("GradientQuantizer", lambda layer, box, training: box.map(layer)),  # identity forward
-        ("RPReLU", lambda layer, box, training: _kinked(box, layer, layer.gamma)),
-        ("Maxout", lambda layer, box, training: _kinked(box, layer)),
-        ("AdaBinActivation", lambda layer, box, training: _endpoints_either_way(box, layer)),
+        (ours.RSign, lambda layer, box, training: box.map(layer)),  # sign(x - alpha_c)
+        (ours.GradientQuantizer, lambda layer, box, training: box.map(layer)),  # identity
+        (ours.RPReLU, lambda layer, box, training: _kinked(box, layer, layer.gamma)),
+        (ours.Maxout, lambda layer, box, training: _kinked(box, layer)),
+        (ours.AdaBinActivation, lambda layer, box, training: _endpoints_either_way(box, layer)),
+        (ours.ABCActivation, _abc_activation),
     ]
-    for name, fn in rules:
-        if get(name) is not None:
-            _RULES.insert(0, (get(name), _single(fn)))
+    for cls, fn in rules:
+        _RULES.insert(0, (cls, _single(fn)))
 
 
 _variant_rules()
@@ -672,15 +713,19 @@ def _apply(layer, inputs, training, last):
 
 
 class _patched:
-    def __init__(self, obj, attr, value):
+    """Set an attribute for the duration of a `with` block; `track=False` bypasses Keras'
+    attribute tracking (a tensor in place of a layer's weight)."""
+
+    def __init__(self, obj, attr, value, track=True):
         self.obj, self.attr, self.value = obj, attr, value
+        self.set = setattr if track else object.__setattr__
 
     def __enter__(self):
         self.old = getattr(self.obj, self.attr)
-        setattr(self.obj, self.attr, self.value)
+        self.set(self.obj, self.attr, self.value)
 
     def __exit__(self, *exc):
-        setattr(self.obj, self.attr, self.old)
+        self.set(self.obj, self.attr, self.old)
 
 
 def propagate(model, box, training=False, logits=True, until=None):

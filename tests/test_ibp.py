@@ -266,21 +266,48 @@ def test_bad_inputs_raise_clear_errors():
         interval_bounds(tern, np.zeros((1, 4), np.float32), 0.1)
 
 
-@pytest.mark.parametrize("variant", ["reactnet", "adabin"])
-def test_backbone_variants_are_bounded_soundly(variant):
-    """RSign/RPReLU (ReActNet), AdaBin's activation and Maxout."""
+@pytest.mark.parametrize("variant,options", [
+    ("reactnet", {}), ("adabin", {}), ("abc", {}), ("cyclebnn", {}),
+    ("mbn", dict(weight_bases=2, activation_bases=2))])
+def test_backbone_variants_are_bounded_soundly(variant, options):
+    """RSign/RPReLU (ReActNet), AdaBin's activation and Maxout, ABC-Net's activation bases
+    (one scale negative), CycleBNN's min-max sign at 8 bits, MBN's base pairs."""
     from larq_l1inf.backbones import resnet20
 
-    model = resnet20(variant, num_classes=3, input_shape=(8, 8, 3), width=2, logits=True)
+    model = resnet20(variant, num_classes=3, input_shape=(8, 8, 3), width=2, logits=True,
+                     **options)
     _randomize(model)
     for layer in model.submodules:  # non-trivial learned shifts and slopes
         for name in ("alpha", "gamma", "zeta", "center"):
             w = getattr(layer, name, None)
             if isinstance(w, tf.Variable) and not isinstance(layer, L.BatchNormalization):
                 w.assign(np.full(w.shape, 0.05, np.float32))
+        if type(layer).__name__ == "ABCActivation":
+            layer.scale.assign([0.6, -0.3, 0.4])
+        if type(layer).__name__ == "CyclicSign":
+            assert float(layer.bits.numpy()) == 8.0  # the training state, not the plain sign
     x = uniform_inputs((2, 8, 8, 3))
     lower, upper = _assert_contains(model, x, 0.01, count=200)
     assert np.all(upper >= lower)
+
+
+def test_cyclic_sign_at_zero_bits_is_the_plain_sign_interval():
+    from larq_l1inf.quantizers import CyclicSign
+
+    def conv(q):
+        return lq.layers.QuantConv2D(3, 3, input_quantizer=q, kernel_quantizer="ste_sign",
+                                     use_bias=False)
+    cyclic = tf.keras.Sequential([tf.keras.Input((6, 6, 2)), conv(CyclicSign("activations"))])
+    plain = tf.keras.Sequential([tf.keras.Input((6, 6, 2)), conv("approx_sign")])
+    plain.set_weights(cyclic.get_weights())
+    x = uniform_inputs((2, 6, 6, 2)) - 0.5
+    wide = [t.numpy() for t in interval_bounds(cyclic, x, 0.1, clip=None)]  # 8 bits
+    cyclic.layers[0].input_quantizer.bits.assign(0.0)
+    got = [t.numpy() for t in interval_bounds(cyclic, x, 0.1, clip=None)]
+    want = [t.numpy() for t in interval_bounds(plain, x, 0.1, clip=None)]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert np.all(wide[0] <= got[0] + 1e-6) and np.all(wide[1] >= got[1] - 1e-6)
 
 
 def test_per_sample_epsilon_equals_separate_calls():
