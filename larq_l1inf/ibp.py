@@ -427,13 +427,17 @@ def _affine_layer(layer, box, training=False):
             spec = [[0, 0], [left, 0], [0, 0]]
             centre, radius, padding = tf.pad(centre, spec), tf.pad(radius, spec), "VALID"
         elif padding == "SAME" and not (not tf.is_tensor(pad_value) and pad_value == 0.0):
-            # larq pads the quantized input with the constant pad_values: exact, radius 0 there.
+            # larq pads the quantized input with the constant pad_values: exact, radius 0 there
+            # (TF's own zero "SAME" padding, so the radius is not padded explicitly).
             spec = _same_padding(layer, centre.shape)
             centre = tf.pad(centre, spec, constant_values=tf.cast(pad_value, centre.dtype))
-            radius = tf.pad(radius, spec)
-            padding = "VALID"
+            out_centre = _linear_op(layer, centre, kernel, "VALID")
+            return _finish(layer, out_centre, _radius_op(layer, radius, kernel, padding))
     out_centre = _linear_op(layer, centre, kernel, padding)
-    out_radius = _radius_op(layer, radius, kernel, padding)
+    return _finish(layer, out_centre, _radius_op(layer, radius, kernel, padding))
+
+
+def _finish(layer, out_centre, out_radius):
     if getattr(layer, "use_bias", False) and layer.bias is not None:
         out_centre = out_centre + layer.bias
     return _activate(layer, layer.activation, Interval.from_centre(out_centre, out_radius))
