@@ -35,6 +35,7 @@ import larq_l1inf  # noqa: E402,I001  (first: Keras 2 before larq imports TF)
 import larq as lq  # noqa: E402
 
 from larq_l1inf._keras import tf  # noqa: E402
+from larq_l1inf import ibp  # noqa: E402
 from larq_l1inf.robust import ROBUST_TERMS, GMRobustModel  # noqa: E402
 
 BINARY = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign",
@@ -57,6 +58,8 @@ def small_bnn(input_shape=(28, 28, 1), num_classes=10):
 
 def build(name, args):
     model = small_bnn((args.size, args.size, 1))
+    if "[" in name:  # e.g. "ibp[generic]-N2": IBP with another BINARY_RADIUS mode
+        name = name.split("[")[0] + name.split("]")[1]
     if name == "plain":
         model.compile(tf.keras.optimizers.Adam(1e-3),
                       tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -79,6 +82,10 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed steps per config per repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after tracing")
+    p.add_argument("--binary-radius", nargs="+", default=["fast"],
+                   choices=list(ibp.BINARY_RADIUS_MODES),
+                   help="larq_l1inf.ibp.BINARY_RADIUS modes to time the IBP term with; the "
+                        "first is named ibp-N<n>, the others ibp[<mode>]-N<n>")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/measurements/gm_step_cost.json")
     args = p.parse_args(argv)
@@ -91,6 +98,8 @@ def main(argv=None):
     y = tf.constant(np.random.RandomState(args.seed + 1).randint(0, 10, args.batch))
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
     configs = ["plain"] + [f"{t}-N{n}" for t in args.terms for n in args.ns]
+    configs += [f"ibp[{mode}]-N{n}" for mode in args.binary_radius[1:] for n in args.ns
+                if "ibp" in args.terms]
 
     runners = {}
     for c in configs:
@@ -98,11 +107,13 @@ def main(argv=None):
         model = build(c, args)
         step = model.make_train_function()
         it = iter(data)
+        # The mode is read while tracing (the first call), so each config keeps its own.
+        ibp.BINARY_RADIUS = c.split("[")[1].split("]")[0] if "[" in c else args.binary_radius[0]
         for _ in range(1 + args.warmup):  # first call traces
             logs = step(it)
         float(logs["loss"])
         runners[c] = (step, it)
-        print(f"built+traced {c:10s} in {time.perf_counter() - t0:6.1f}s", flush=True)
+        print(f"built+traced {c:16s} in {time.perf_counter() - t0:6.1f}s", flush=True)
 
     times = {c: [] for c in configs}
     cpu = {c: [] for c in configs}
@@ -153,11 +164,11 @@ def main(argv=None):
                    "time (all threads) of the same steps",
     }
     write_json(report, args.out)
-    print(f"\n{'config':10s} {'ms/step':>8s} {'ratio':>7s} {'cpu':>6s} {'bound':>6s}")
+    print(f"\n{'config':16s} {'ms/step':>8s} {'ratio':>7s} {'cpu':>6s} {'bound':>6s}")
     for c in configs:
         r = results[c]
         bound = "" if r["bound"] is None else f"{r['bound']:6.1f}"
-        print(f"{c:10s} {r['seconds_per_step_median'] * 1e3:8.1f} {r['ratio_to_plain']:7.2f} "
+        print(f"{c:16s} {r['seconds_per_step_median'] * 1e3:8.1f} {r['ratio_to_plain']:7.2f} "
               f"{r['cpu_ratio_to_plain']:6.2f} {bound}")
     return report
 

@@ -6,11 +6,17 @@ layer maps an elementwise interval $[l, u]$ to an interval that contains all its
 
 - affine layers (Dense, Conv1D/2D/3D, DepthwiseConv2D, their larq `Quant*` versions,
   BatchNormalization in inference form, Rescaling) in centre-radius form,
-  $\mu' = W\mu + b,\ r' = |W| r$ with $\mu = (u + l)/2,\ r = (u - l)/2$;
+  $\mu' = W\mu + b,\ r' = |W| r$ with $\mu = (u + l)/2,\ r = (u - l)/2$; for a binary
+  kernel ($|W_b| = c_o$ in output channel $o$, found by behaviour) $|W_b| r$ is $c_o$ times a
+  window sum of $\sum_i r_i$, one cheap single-channel convolution (`BINARY_RADIUS`);
 - monotone elementwise maps (sign-type quantizers, ReLU, hard tanh, ...) endpoint-wise,
   $[f(l), f(u)]$; larq's `sign(0) = +1`, so sign maps $[l, u]$ to $-1$ if $u < 0$, $+1$ if
   $l \ge 0$ and $[-1, +1]$ otherwise;
-- pooling, reshaping and merging layers endpoint-wise (they are monotone).
+- pooling, reshaping and merging layers endpoint-wise (they are monotone); the linear ones
+  (average pooling, reshaping) in centre-radius form;
+- this package's variant layers: RSign, RPReLU, Maxout, AdaBin's activation, ABC-Net's
+  activation bases (a sum of monotone steps with signed scales), CycleBNN's min-max sign
+  (its grid step bounds how far the sign's threshold moves), and the MBN layers.
 
 A larq layer's kernel is read as its quantizer's forward output (inside
 `larq.context.quantized_scope`), so a binary or scaled-binary kernel is simply a constant linear
@@ -64,9 +70,14 @@ from larq_l1inf._keras import tf
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BINARY_RADIUS",
+    "BINARY_RADIUS_MODES",
     "Interval",
     "UnsupportedLayerError",
+    "binary_radius",
+    "binary_radius_exact",
     "certified_margin",
+    "channel_scale",
     "input_box",
     "interval_bounds",
     "propagate",
@@ -274,7 +285,8 @@ def _linear_op(layer, x, kernel, padding):
 #: correlation more in the backward pass).
 #: `"generic"`: the convolution with `|W_b|`.
 BINARY_RADIUS = "fast"
-_BINARY_RADIUS_MODES = ("fast", "exact", "generic")
+#: The values `BINARY_RADIUS` takes.
+BINARY_RADIUS_MODES = ("fast", "exact", "generic")
 
 # Tolerance of "constant per output channel": binary scales are one float per channel, so
 # |W_b| is constant to rounding; the bound uses the channel's max, so it stays sound anyway.
@@ -368,9 +380,9 @@ def binary_radius_exact(layer, radius, magnitude, padding):
 
 
 def _radius_op(layer, radius, kernel, padding):
-    if BINARY_RADIUS not in _BINARY_RADIUS_MODES:
+    if BINARY_RADIUS not in BINARY_RADIUS_MODES:
         raise ValueError(
-            f"larq_l1inf.ibp.BINARY_RADIUS must be one of {_BINARY_RADIUS_MODES}, got "
+            f"larq_l1inf.ibp.BINARY_RADIUS must be one of {BINARY_RADIUS_MODES}, got "
             f"{BINARY_RADIUS!r}.")
     generic = lambda: _linear_op(layer, radius, tf.abs(kernel), padding)  # noqa: E731
     if BINARY_RADIUS == "generic" or not _binary_quantizer(layer, kernel):
