@@ -368,9 +368,12 @@ RADIUS_CASES = ([("ste_sign", c) for c in range(len(RADIUS_LAYERS))]
 def test_binary_radius_equals_the_generic_path(q, case, radius_mode):
     make, shape = RADIUS_LAYERS[case]
     rng = np.random.default_rng(case)
-    for input_quantizer in (None, "ste_sign"):  # a continuous radius, and a sign's {0, 1}
+    # A continuous radius in endpoint form, the same in centre/radius form (after an affine
+    # Rescaling), and a sign's {0, 1}.
+    for input_quantizer, centred in ((None, False), (None, True), ("ste_sign", False)):
         layer = make(_quantizer(q), input_quantizer)
-        model = tf.keras.Sequential([tf.keras.Input(shape), layer])
+        before = [L.Rescaling(0.5, offset=0.1)] if centred else []
+        model = tf.keras.Sequential([tf.keras.Input(shape), *before, layer])
         layer.kernel.assign(rng.normal(0, 0.5, layer.kernel.shape).astype("float32"))
         assert ibp._binary_quantizer(layer, layer.kernel), "fast path not taken"
         x = rng.uniform(-1, 1, (3, *shape)).astype("float32")
@@ -379,7 +382,7 @@ def test_binary_radius_equals_the_generic_path(q, case, radius_mode):
         for mode in ("fast", "exact", "generic"):
             radius_mode(mode)
             got[mode] = [t.numpy() for t in interval_bounds(model, x, eps, clip=None)]
-            if mode == "fast" and input_quantizer is None:  # the tf.cond of the graph
+            if mode == "fast" and input_quantizer is None and not centred:  # the graph's tf.cond
                 graph = tf.function(lambda: interval_bounds(model, x, eps, clip=None))()
                 for a, b in zip(got[mode], graph):
                     np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-5)
