@@ -5,8 +5,10 @@ training step (`model.fit`'s step on the compiled model, cross-entropy + its L1,
 and `GMRobustModel` steps with `N` sub-perturbations for each robust term asked for (IBP by
 default, also Algorithm 1 noise and PGD on request). Each repeat times `--steps` steps of
 every configuration in a shuffled order; the figure is the median over repeats of the mean
-step time, reported as a ratio to the plain step. The target for the IBP term is
-`ratio <= N + 1.5`: the N sub-perturbations go through IBP as one batch of N * B boxes.
+step time, reported as a ratio to the plain step; the process CPU time of the same steps is
+reported beside it (less sensitive to other jobs on a shared machine). The target for the IBP
+term is `ratio <= N + 1.5`; each of the N sub-perturbations is one IBP pass over the batch
+(one pass over the batch tiled N times measured no faster on CPU).
 
     python benchmarks/gm_step_cost.py --ns 1 2 4 --terms ibp noise --repeats 5
 
@@ -33,6 +35,7 @@ import larq_l1inf  # noqa: E402,I001  (first: Keras 2 before larq imports TF)
 import larq as lq  # noqa: E402
 
 from larq_l1inf._keras import tf  # noqa: E402
+from larq_l1inf import ibp  # noqa: E402
 from larq_l1inf.robust import ROBUST_TERMS, GMRobustModel  # noqa: E402
 
 BINARY = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign",
@@ -55,6 +58,8 @@ def small_bnn(input_shape=(28, 28, 1), num_classes=10):
 
 def build(name, args):
     model = small_bnn((args.size, args.size, 1))
+    if "[" in name:  # e.g. "ibp[generic]-N2": IBP with another BINARY_RADIUS mode
+        name = name.split("[")[0] + name.split("]")[1]
     if name == "plain":
         model.compile(tf.keras.optimizers.Adam(1e-3),
                       tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -77,6 +82,10 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed steps per config per repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after tracing")
+    p.add_argument("--binary-radius", nargs="+", default=["fast"],
+                   choices=list(ibp.BINARY_RADIUS_MODES),
+                   help="larq_l1inf.ibp.BINARY_RADIUS modes to time the IBP term with; the "
+                        "first is named ibp-N<n>, the others ibp[<mode>]-N<n>")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/measurements/gm_step_cost.json")
     args = p.parse_args(argv)
@@ -89,6 +98,8 @@ def main(argv=None):
     y = tf.constant(np.random.RandomState(args.seed + 1).randint(0, 10, args.batch))
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
     configs = ["plain"] + [f"{t}-N{n}" for t in args.terms for n in args.ns]
+    configs += [f"ibp[{mode}]-N{n}" for mode in args.binary_radius[1:] for n in args.ns
+                if "ibp" in args.terms]
 
     runners = {}
     for c in configs:
@@ -96,28 +107,33 @@ def main(argv=None):
         model = build(c, args)
         step = model.make_train_function()
         it = iter(data)
+        # The mode is read while tracing (the first call), so each config keeps its own.
+        ibp.BINARY_RADIUS = c.split("[")[1].split("]")[0] if "[" in c else args.binary_radius[0]
         for _ in range(1 + args.warmup):  # first call traces
             logs = step(it)
         float(logs["loss"])
         runners[c] = (step, it)
-        print(f"built+traced {c:10s} in {time.perf_counter() - t0:6.1f}s", flush=True)
+        print(f"built+traced {c:16s} in {time.perf_counter() - t0:6.1f}s", flush=True)
 
     times = {c: [] for c in configs}
+    cpu = {c: [] for c in configs}
     rng = np.random.RandomState(args.seed)
     for r in range(args.repeats):
         for c in rng.permutation(configs):
             step, it = runners[c]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 logs = step(it)
             loss = float(logs["loss"])  # waits for the last step
             if not math.isfinite(loss):
                 raise RuntimeError(f"{c}: non-finite loss {loss}")
             times[c].append((time.perf_counter() - t0) / args.steps)
+            cpu[c].append((time.process_time() - c0) / args.steps)
         print(f"repeat {r + 1}/{args.repeats}: " + "  ".join(
             f"{c}={times[c][-1] * 1e3:.1f}ms" for c in configs), flush=True)
 
     base = float(np.median(times["plain"]))
+    cpu_base = float(np.median(cpu["plain"]))
     results = {}
     for c in configs:
         med = float(np.median(times[c]))
@@ -126,6 +142,8 @@ def main(argv=None):
             "seconds_per_step_median": med,
             "seconds_per_step_all": times[c],
             "ratio_to_plain": med / base,
+            "cpu_seconds_per_step_median": float(np.median(cpu[c])),
+            "cpu_ratio_to_plain": float(np.median(cpu[c])) / cpu_base,
             "bound": None if n is None else n + 1.5,
             "within_bound": None if n is None else med / base <= n + 1.5,
         }
@@ -141,16 +159,17 @@ def main(argv=None):
                             "side by side, interleaved, in one run"},
         "results": results,
         "counted": "one full training step (forward, loss, backward, Adam update) via "
-                   "Model.make_train_function; GM steps include the clean pass, the robust "
-                   "pass over N * B tiled samples, and the penalty",
+                   "Model.make_train_function; GM steps include the clean pass, N IBP (or "
+                   "noise / PGD) passes over the batch, and the penalty; cpu_* is process CPU "
+                   "time (all threads) of the same steps",
     }
     write_json(report, args.out)
-    print(f"\n{'config':10s} {'ms/step':>8s} {'ratio':>7s} {'bound':>6s}")
+    print(f"\n{'config':16s} {'ms/step':>8s} {'ratio':>7s} {'cpu':>6s} {'bound':>6s}")
     for c in configs:
         r = results[c]
         bound = "" if r["bound"] is None else f"{r['bound']:6.1f}"
-        print(f"{c:10s} {r['seconds_per_step_median'] * 1e3:8.1f} {r['ratio_to_plain']:7.2f} "
-              f"{bound}")
+        print(f"{c:16s} {r['seconds_per_step_median'] * 1e3:8.1f} {r['ratio_to_plain']:7.2f} "
+              f"{r['cpu_ratio_to_plain']:6.2f} {bound}")
     return report
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import larq_l1inf  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loads
 from larq_l1inf._keras import tf
 from larq_l1inf.backbones import resnet20
+from larq_l1inf import ibp
 from larq_l1inf.ibp import interval_bounds
 from _common import write_json  # noqa: E402
 
@@ -57,23 +58,30 @@ def main(argv=None):
 
     forward = tf.function(lambda: model(x, training=False))
     bounds = tf.function(lambda: interval_bounds(model, x, args.epsilon))
-    time_calls(forward, 1)  # trace and warm up both
+    generic = tf.function(lambda: interval_bounds(model, x, args.epsilon))
+    time_calls(forward, 1)  # trace and warm up all three
     time_calls(bounds, 1)
+    ibp.BINARY_RADIUS = "generic"  # read while tracing: this one keeps |W_b| convolutions
+    time_calls(generic, 1)
+    ibp.BINARY_RADIUS = "fast"
 
-    fwd, ibp, ratios = [], [], []
+    fwd, bnd, gen, ratios = [], [], [], []
     for r in range(args.repeats):
-        order = [("f", forward), ("b", bounds)] if r % 2 == 0 else [("b", bounds), ("f", forward)]
+        order = [("f", forward), ("b", bounds), ("g", generic)]
+        order = order if r % 2 == 0 else order[::-1]
         got = {}
         for key, fn in order:
             got[key] = time_calls(fn, args.calls)
         fwd.append(got["f"])
-        ibp.append(got["b"])
+        bnd.append(got["b"])
+        gen.append(got["g"])
         ratios.append(got["b"] / got["f"])
-    ratio = statistics.median(ibp) / statistics.median(fwd)
+    ratio = statistics.median(bnd) / statistics.median(fwd)
     lower, upper = bounds()
     result = {
-        "what": "seconds per call: forward pass vs one interval_bounds pass, tf.function, "
-                "interleaved in one process",
+        "what": "seconds per call: forward pass vs one interval_bounds pass (default "
+                "BINARY_RADIUS='fast', and 'generic' for comparison), tf.function, interleaved "
+                "in one process",
         "model": model.name,
         "params": int(model.count_params()),
         "batch_size": args.batch_size,
@@ -82,7 +90,9 @@ def main(argv=None):
         "repeats": args.repeats,
         "calls_per_repeat": args.calls,
         "forward_median_s": statistics.median(fwd),
-        "ibp_median_s": statistics.median(ibp),
+        "ibp_median_s": statistics.median(bnd),
+        "ibp_generic_radius_median_s": statistics.median(gen),
+        "generic_radius_ratio_of_medians": statistics.median(gen) / statistics.median(fwd),
         "ratio_of_medians": ratio,
         "paired_ratios": ratios,
         "target": TARGET,
@@ -93,7 +103,8 @@ def main(argv=None):
         "tensorflow": tf.__version__,
     }
     print(f"{model.name}, batch {args.batch_size}: forward {result['forward_median_s'] * 1e3:.1f} ms, "
-          f"IBP {result['ibp_median_s'] * 1e3:.1f} ms, ratio {ratio:.2f} (target <= {TARGET}); "
+          f"IBP {result['ibp_median_s'] * 1e3:.1f} ms, ratio {ratio:.2f} (target <= {TARGET}; "
+          f"generic radius {result['generic_radius_ratio_of_medians']:.2f}); "
           f"paired ratios {min(ratios):.2f}-{max(ratios):.2f}")
     write_json(result, args.out)
     return result

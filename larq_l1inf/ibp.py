@@ -6,11 +6,17 @@ layer maps an elementwise interval $[l, u]$ to an interval that contains all its
 
 - affine layers (Dense, Conv1D/2D/3D, DepthwiseConv2D, their larq `Quant*` versions,
   BatchNormalization in inference form, Rescaling) in centre-radius form,
-  $\mu' = W\mu + b,\ r' = |W| r$ with $\mu = (u + l)/2,\ r = (u - l)/2$;
+  $\mu' = W\mu + b,\ r' = |W| r$ with $\mu = (u + l)/2,\ r = (u - l)/2$; for a binary
+  kernel ($|W_b| = c_o$ in output channel $o$, found by behaviour) $|W_b| r$ is $c_o$ times a
+  window sum of $\sum_i r_i$, one cheap single-channel convolution (`BINARY_RADIUS`);
 - monotone elementwise maps (sign-type quantizers, ReLU, hard tanh, ...) endpoint-wise,
   $[f(l), f(u)]$; larq's `sign(0) = +1`, so sign maps $[l, u]$ to $-1$ if $u < 0$, $+1$ if
   $l \ge 0$ and $[-1, +1]$ otherwise;
-- pooling, reshaping and merging layers endpoint-wise (they are monotone).
+- pooling, reshaping and merging layers endpoint-wise (they are monotone); the linear ones
+  (average pooling, reshaping) in centre-radius form;
+- this package's variant layers: RSign, RPReLU, Maxout, AdaBin's activation, ABC-Net's
+  activation bases (a sum of monotone steps with signed scales), CycleBNN's min-max sign
+  (its grid step bounds how far the sign's threshold moves), and the MBN layers.
 
 A larq layer's kernel is read as its quantizer's forward output (inside
 `larq.context.quantized_scope`), so a binary or scaled-binary kernel is simply a constant linear
@@ -54,6 +60,7 @@ of samples whose certified margin is positive.
 """
 
 import logging
+import weakref
 
 import larq as lq
 import numpy as np
@@ -63,9 +70,14 @@ from larq_l1inf._keras import tf
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BINARY_RADIUS",
+    "BINARY_RADIUS_MODES",
     "Interval",
     "UnsupportedLayerError",
+    "binary_radius",
+    "binary_radius_exact",
     "certified_margin",
+    "channel_scale",
     "input_box",
     "interval_bounds",
     "propagate",
@@ -181,9 +193,16 @@ def _is_monotone_quantizer(q):
     return isinstance(q, tuple(_MONOTONE_QUANTIZERS))
 
 
+# Quantizers that are not elementwise but have an interval rule: class -> fn(q, box) -> Interval.
+_QUANTIZER_RULES = []
+
+
 def _quantize(layer, q, box, attr="input_quantizer"):
     if q is None:
         return box
+    for cls, fn in _QUANTIZER_RULES:
+        if isinstance(q, cls):
+            return fn(q, box)
     if not _is_monotone_quantizer(q):
         raise UnsupportedLayerError(
             f"Layer {layer.name!r} ({type(layer).__name__}): its {attr} {type(q).__name__} is "
@@ -256,6 +275,129 @@ def _linear_op(layer, x, kernel, padding):
                              dilations=layer.dilation_rate)
 
 
+#: How the radius goes through a layer whose kernel is `+-c_o` (`|W_b| = c_o` in output
+#: channel `o`: sign-type binary kernels, with or without a scale):
+#: `"fast"` (default): `c_o` times a window sum of the channel-summed radius
+#: (`binary_radius`), the same bound as the convolution with `|W_b|`, and the same gradients
+#: in the radius and in `c_o`; the straight-through gradient to the latent weights through
+#: `|W_b|` is spread evenly over each output channel's fan-in.
+#: `"exact"`: the same forward, and the generic path's gradient in `|W_b|` (one filter
+#: correlation more in the backward pass).
+#: `"generic"`: the convolution with `|W_b|`.
+BINARY_RADIUS = "fast"
+#: The values `BINARY_RADIUS` takes.
+BINARY_RADIUS_MODES = ("fast", "exact", "generic")
+
+# Tolerance of "constant per output channel": binary scales are one float per channel, so
+# |W_b| is constant to rounding; the bound uses the channel's max, so it stays sound anyway.
+_CONSTANT_RTOL = 1e-6
+_PROBED = weakref.WeakKeyDictionary()  # quantizer -> {kernel shape: binary on random probes}
+
+
+def channel_scale(kernel):
+    """`(c, constant)`: the largest `|kernel|` per output channel (last axis) and whether
+    `|kernel|` equals it everywhere in the channel (to a relative 1e-6), a scalar bool tensor."""
+    magnitude = tf.abs(kernel)
+    axes = list(range(kernel.shape.rank - 1))
+    hi = tf.reduce_max(magnitude, axes)
+    lo = tf.reduce_min(magnitude, axes)
+    return hi, tf.reduce_all(hi - lo <= _CONSTANT_RTOL * hi)
+
+
+def _binary_quantizer(layer, kernel):
+    """Whether the layer's kernel quantizer gives `+-c_o` (constant `|.|` per output channel)
+    on random latent kernels: decided by behaviour, eagerly, once per quantizer and shape."""
+    q = getattr(layer, "kernel_quantizer", None)
+    if q is None or not isinstance(layer, (layers.Dense, layers.Conv1D, layers.Conv2D,
+                                           layers.Conv3D)):
+        return False
+    shape = tuple(kernel.shape)
+    try:
+        seen = _PROBED.setdefault(q, {})
+    except TypeError:  # not weak-referenceable: probe every time
+        seen = {}
+    if shape not in seen:
+        with tf.init_scope():
+            if not tf.executing_eagerly():  # TF1 graph mode: the in-graph check decides alone
+                return True
+            rng = np.random.default_rng(0)
+            verdict = True
+            for scale in (0.1, 0.7):
+                probe = tf.constant(rng.normal(0.0, scale, shape).astype("float32"))
+                with lq.context.quantized_scope(True):
+                    _, constant = channel_scale(tf.convert_to_tensor(q(probe)))
+                verdict = verdict and bool(constant)
+        seen[shape] = verdict
+    return seen[shape]
+
+
+def binary_radius(layer, radius, scale, padding):
+    r"""`|W_b| r` for a kernel with `|W_b| = c_o` everywhere in output channel `o`.
+
+    $$(|W_b| * r)_o = c_o \sum_{k \in \text{window}} \sum_i r_{k, i}$$
+
+    a channel sum, then a window sum (a convolution with one all-ones 1-in/1-out filter, the
+    layer's strides, dilation and padding; zero radius in the padding), times `c_o`; for
+    Dense `c_o \sum_i r_i`. The map of `r` is the same linear map as the convolution with
+    `|W_b|`, so its gradients in `r` are equal; so is the gradient in `c` (e.g. a learned
+    scale alpha), as $\partial/\partial c_o$ of both is the window sum.
+
+    # Arguments
+    layer: a Dense or Conv1D/2D/3D layer (channels_last, groups 1).
+    radius: the (already padded) input radius.
+    scale: `(C_out,)` tensor `c`.
+    padding: `"SAME"`/`"VALID"` as passed to the convolution, None for Dense.
+    """
+    summed = tf.reduce_sum(radius, axis=-1, keepdims=True)
+    if isinstance(layer, layers.Dense):
+        return summed * scale
+    ones = tf.ones((*layer.kernel_size, 1, 1), radius.dtype)
+    window = tf.nn.convolution(summed, ones, strides=layer.strides, padding=padding,
+                               dilations=layer.dilation_rate)
+    return window * scale
+
+
+def binary_radius_exact(layer, radius, magnitude, padding):
+    """`binary_radius` forward, and in the backward pass the generic path's gradient in
+    `|W_b|` (`magnitude`), a full filter correlation."""
+
+    @tf.custom_gradient
+    def fn(radius, magnitude):
+        scale = tf.reduce_max(magnitude, list(range(magnitude.shape.rank - 1)))
+        out = binary_radius(layer, radius, scale, padding)
+
+        def grad(g):
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch([radius, magnitude])
+                fast = binary_radius(layer, radius, tf.stop_gradient(scale), padding)
+                generic = _linear_op(layer, tf.stop_gradient(radius), magnitude, padding)
+            return (tape.gradient(fast, radius, output_gradients=g),
+                    tape.gradient(generic, magnitude, output_gradients=g))
+
+        return out, grad
+
+    return fn(radius, magnitude)
+
+
+def _radius_op(layer, radius, kernel, padding):
+    if BINARY_RADIUS not in BINARY_RADIUS_MODES:
+        raise ValueError(
+            f"larq_l1inf.ibp.BINARY_RADIUS must be one of {BINARY_RADIUS_MODES}, got "
+            f"{BINARY_RADIUS!r}.")
+    generic = lambda: _linear_op(layer, radius, tf.abs(kernel), padding)  # noqa: E731
+    if BINARY_RADIUS == "generic" or not _binary_quantizer(layer, kernel):
+        return generic()
+    scale, constant = channel_scale(kernel)
+    if BINARY_RADIUS == "exact":
+        fast = lambda: binary_radius_exact(layer, radius, tf.abs(kernel), padding)  # noqa: E731
+    else:
+        fast = lambda: binary_radius(layer, radius, scale, padding)  # noqa: E731
+    if tf.executing_eagerly():
+        return fast() if bool(constant) else generic()
+    # A quantizer with state (a learned shift) may leave +-c later: checked on every call.
+    return tf.cond(constant, fast, generic)
+
+
 def _read_kernel(layer, attr):
     # Inside quantized_scope a larq QuantizedVariable reads as its quantizer's forward output,
     # with the quantizer's STE gradient to the latent weights.
@@ -279,23 +421,35 @@ def _affine_layer(layer, box, training=False):
     depthwise = isinstance(layer, (layers.DepthwiseConv2D, layers.DepthwiseConv1D))
     box = _quantize(layer, getattr(layer, "input_quantizer", None), box)
     kernel = _read_kernel(layer, "depthwise_kernel" if depthwise else "kernel")
-    centre, radius = box.centre, box.radius
+    if box.is_centred:
+        centre, radius, half = box.centre, box.radius, 1.0
+    else:
+        # Endpoint form (after a sign): u + l and u - l, with the 1/2 of centre and radius
+        # folded into the small kernel instead of two multiplications of the large input.
+        centre, radius, half = box.upper + box.lower, box.upper - box.lower, 0.5
+        kernel = kernel * half
     padding = None
     if not isinstance(layer, layers.Dense):
         padding = layer.padding.upper()
         pad_value = getattr(layer, "pad_values", 0.0)
+        if half != 1.0:
+            pad_value = pad_value / half
         if padding == "CAUSAL":
             left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
             spec = [[0, 0], [left, 0], [0, 0]]
             centre, radius, padding = tf.pad(centre, spec), tf.pad(radius, spec), "VALID"
         elif padding == "SAME" and not (not tf.is_tensor(pad_value) and pad_value == 0.0):
-            # larq pads the quantized input with the constant pad_values: exact, radius 0 there.
+            # larq pads the quantized input with the constant pad_values: exact, radius 0 there
+            # (TF's own zero "SAME" padding, so the radius is not padded explicitly).
             spec = _same_padding(layer, centre.shape)
             centre = tf.pad(centre, spec, constant_values=tf.cast(pad_value, centre.dtype))
-            radius = tf.pad(radius, spec)
-            padding = "VALID"
+            out_centre = _linear_op(layer, centre, kernel, "VALID")
+            return _finish(layer, out_centre, _radius_op(layer, radius, kernel, padding))
     out_centre = _linear_op(layer, centre, kernel, padding)
-    out_radius = _linear_op(layer, radius, tf.abs(kernel), padding)
+    return _finish(layer, out_centre, _radius_op(layer, radius, kernel, padding))
+
+
+def _finish(layer, out_centre, out_radius):
     if getattr(layer, "use_bias", False) and layer.bias is not None:
         out_centre = out_centre + layer.bias
     return _activate(layer, layer.activation, Interval.from_centre(out_centre, out_radius))
@@ -313,23 +467,37 @@ def _broadcast(layer, v, rank):
 
 
 def _batch_norm(layer, box, training=False):
-    rank = box.lower.shape.rank
+    centre, radius = box.centre, box.radius
+    rank = centre.shape.rank
+    _broadcast(layer, None, rank)  # channels_last only
     if training:
         # Batch statistics of the box centres, treated as the batch's constants; at epsilon = 0
         # they equal those of the clean batch (decision of this module, see docs/readme/ibp.md).
         axes = list(range(rank - 1))
-        mean, var = tf.nn.moments(box.centre, axes)
+        mean, var = tf.nn.moments(centre, axes)
         mean, var = tf.stop_gradient(mean), tf.stop_gradient(var)
     else:
         mean, var = layer.moving_mean, layer.moving_variance
     scale = tf.math.rsqrt(var + layer.epsilon)
     if layer.gamma is not None:
         scale = scale * layer.gamma
+    out_radius = radius * tf.abs(scale)
+    if 2 <= rank <= 5 and layer.epsilon > 1.001e-5 and centre.dtype == tf.float32:
+        # One fused op (and one for its gradient) instead of a chain of broadcasts: the same
+        # inference-form map with the statistics as constants, measured faster on CPU.
+        shape = tf.shape(centre)
+        x4 = centre if rank >= 4 else tf.reshape(
+            centre, tf.concat([shape[:-1], tf.ones([4 - rank], tf.int32), shape[-1:]], 0))
+        out, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            x4, layer.gamma if layer.gamma is not None else tf.ones_like(mean),
+            layer.beta if layer.beta is not None else tf.zeros_like(mean), mean=mean,
+            variance=var, epsilon=layer.epsilon, is_training=False,
+            data_format="NHWC" if rank <= 4 else "NDHWC")
+        return Interval.from_centre(tf.reshape(out, shape) if rank < 4 else out, out_radius)
     shift = -mean * scale
     if layer.beta is not None:
         shift = shift + layer.beta
-    scale, shift = _broadcast(layer, scale, rank), _broadcast(layer, shift, rank)
-    return Interval.from_centre(box.centre * scale + shift, box.radius * tf.abs(scale))
+    return Interval.from_centre(centre * scale + shift, out_radius)
 
 
 def _rescaling(layer, box, training=False):
@@ -346,13 +514,16 @@ _IDENTITY = (layers.Dropout, layers.SpatialDropout1D, layers.SpatialDropout2D,
              layers.AlphaDropout, layers.ActivityRegularization)
 # Monotone (non-decreasing in every input), so [f(l), f(u)] bounds them: pooling, reshaping.
 _ENDPOINT = (layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D,
-             layers.AveragePooling1D, layers.AveragePooling2D, layers.AveragePooling3D,
              layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D,
-             layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D,
-             layers.GlobalAveragePooling3D, layers.Flatten, layers.Reshape, layers.Permute,
-             layers.ZeroPadding1D, layers.ZeroPadding2D, layers.ZeroPadding3D,
-             layers.Cropping1D, layers.Cropping2D, layers.Cropping3D, layers.UpSampling1D,
-             layers.UpSampling2D, layers.RepeatVector, layers.Normalization)
+             layers.Normalization)
+# Linear with non-negative coefficients: f(mu) and f(r) are the exact centre and radius, so a
+# box already in centre/radius form (after an affine layer) is not converted twice.
+_LINEAR_NONNEGATIVE = (
+    layers.AveragePooling1D, layers.AveragePooling2D, layers.AveragePooling3D,
+    layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D, layers.GlobalAveragePooling3D,
+    layers.Flatten, layers.Reshape, layers.Permute, layers.ZeroPadding1D, layers.ZeroPadding2D,
+    layers.ZeroPadding3D, layers.Cropping1D, layers.Cropping2D, layers.Cropping3D,
+    layers.UpSampling1D, layers.UpSampling2D, layers.RepeatVector)
 _MERGE_ENDPOINT = (layers.Add, layers.Average, layers.Maximum, layers.Minimum,
                    layers.Concatenate)
 
@@ -396,6 +567,12 @@ def _merge(layer, inputs, training):
     return Interval(layer([i.lower for i in inputs]), layer([i.upper for i in inputs]))
 
 
+def _linear_nonnegative(layer, box, training):
+    if box.is_centred:
+        return Interval.from_centre(layer(box.centre), layer(box.radius))
+    return box.map(layer)
+
+
 def _activation_layer(layer, box, training):
     return _activate(layer, layer.activation, box)
 
@@ -425,6 +602,7 @@ def _base_rules():
         ((layers.LeakyReLU, layers.PReLU, layers.ELU), _single(_leaky)),
         (_IDENTITY, _single(lambda layer, box, training: box)),
         (_ENDPOINT, _single(lambda layer, box, training: box.map(layer))),
+        (_LINEAR_NONNEGATIVE, _single(_linear_nonnegative)),
         ((*_MERGE_ENDPOINT, layers.Subtract), _merge),
         (lq.quantizers.Quantizer, _single(_quantizer_layer)),
     ]
@@ -433,26 +611,60 @@ def _base_rules():
 _RULES.extend(_base_rules())
 
 
+def _abc_activation(layer, box, training):
+    r"""ABC-Net's $\sum_n \beta_n H_{v_n}(x)$ with non-decreasing steps $H$: the terms with
+    $\beta_n \ge 0$ are smallest at $l$, the others at $u$ (a sum of interval maps)."""
+    scale = tf.convert_to_tensor(layer.scale)
+
+    def part(x, scales):
+        # The layer's own call with the scales of one sign: its forward and its STE.
+        with _patched(layer, "scale", scales, track=False):
+            return layer(x)
+
+    positive, negative = tf.maximum(scale, 0.0), tf.minimum(scale, 0.0)
+    return Interval(part(box.lower, positive) + part(box.upper, negative),
+                    part(box.upper, positive) + part(box.lower, negative))
+
+
+def _cyclic_sign(q, box):
+    r"""CycleBNN's $\operatorname{sign}(Q_k(x))$ with a min-max grid of step $s$ over each
+    sample (or filter): the grid moves with the input, but $|Q_k(x) - x| \le s/2$ and
+    $s \le \bar s = (\max u - \min l) / (2^k - 1)$ over the box, so
+    $[\operatorname{sign}(l - \bar s/2), \operatorname{sign}(u + \bar s/2)]$ contains it
+    (exactly $[q(l), q(u)]$ at `bits <= 0`, the plain sign)."""
+    from larq_l1inf import quantizers
+
+    lower, upper = box.lower, box.upper
+    rank = lower.shape.rank
+    axes = list(range(1, rank)) if q.mode == "activations" else list(range(rank - 1))
+    levels = tf.pow(2.0, tf.maximum(q.bits, 1.0)) - 1.0
+    spread = tf.reduce_max(upper, axes, keepdims=True) - tf.reduce_min(lower, axes, keepdims=True)
+    # The quantizer's floor on the step, and its min/max as constants in the backward pass.
+    half = tf.stop_gradient(tf.where(q.bits > 0, tf.maximum(spread / levels, 1e-8), 0.0) / 2)
+    grad = (quantizers.approx_sign_gradient if q.mode == "activations"
+            else lambda v: tf.ones_like(v))
+    sign = lambda v: quantizers.straight_through(lq.math.sign, v, grad)  # noqa: E731
+    return Interval(sign(lower - half), sign(upper + half))
+
+
 def _variant_rules():
-    """Rules for this package's BNN-variant layers whose forward pass is elementwise."""
-    from larq_l1inf import variants
+    """Rules for this package's BNN-variant layers and quantizers."""
+    from larq_l1inf import layers as ours
+    from larq_l1inf import quantizers
 
-    def get(name):
-        return getattr(variants, name, None)
-
-    for name in ("EDESign", "DoReFaActivation"):  # elementwise sign / clip-and-round
-        if get(name) is not None:
-            register_monotone_quantizer(get(name))
+    for cls in (quantizers.EDESign, quantizers.DoReFaActivation):  # elementwise sign / round
+        register_monotone_quantizer(cls)
+    _QUANTIZER_RULES.append((quantizers.CyclicSign, _cyclic_sign))
     rules = [
-        ("RSign", lambda layer, box, training: box.map(layer)),  # sign(x - alpha_c)
-        ("GradientQuantizer", lambda layer, box, training: box.map(layer)),  # identity forward
-        ("RPReLU", lambda layer, box, training: _kinked(box, layer, layer.gamma)),
-        ("Maxout", lambda layer, box, training: _kinked(box, layer)),
-        ("AdaBinActivation", lambda layer, box, training: _endpoints_either_way(box, layer)),
+        (ours.RSign, lambda layer, box, training: box.map(layer)),  # sign(x - alpha_c)
+        (ours.GradientQuantizer, lambda layer, box, training: box.map(layer)),  # identity
+        (ours.RPReLU, lambda layer, box, training: _kinked(box, layer, layer.gamma)),
+        (ours.Maxout, lambda layer, box, training: _kinked(box, layer)),
+        (ours.AdaBinActivation, lambda layer, box, training: _endpoints_either_way(box, layer)),
+        (ours.ABCActivation, _abc_activation),
     ]
-    for name, fn in rules:
-        if get(name) is not None:
-            _RULES.insert(0, (get(name), _single(fn)))
+    for cls, fn in rules:
+        _RULES.insert(0, (cls, _single(fn)))
 
 
 _variant_rules()
@@ -517,15 +729,19 @@ def _apply(layer, inputs, training, last):
 
 
 class _patched:
-    def __init__(self, obj, attr, value):
+    """Set an attribute for the duration of a `with` block; `track=False` bypasses Keras'
+    attribute tracking (a tensor in place of a layer's weight)."""
+
+    def __init__(self, obj, attr, value, track=True):
         self.obj, self.attr, self.value = obj, attr, value
+        self.set = setattr if track else object.__setattr__
 
     def __enter__(self):
         self.old = getattr(self.obj, self.attr)
-        setattr(self.obj, self.attr, self.value)
+        self.set(self.obj, self.attr, self.value)
 
     def __exit__(self, *exc):
-        setattr(self.obj, self.attr, self.old)
+        self.set(self.obj, self.attr, self.old)
 
 
 def propagate(model, box, training=False, logits=True, until=None):

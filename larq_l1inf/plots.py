@@ -66,6 +66,10 @@ def binary_layers(model):
 def first_binary_conv(model):
     """The first convolution of a model whose kernel quantizer is binary (`precision == 1`).
 
+    A convolution is a layer with a spatial `kernel_size`: larq's `QuantConv*` and also the
+    multi-bit `larq_l1inf.mbn.MBNConv1D`/`MBNConv2D`, whose output (the sum of its base-pair
+    convolutions) is then the feature map.
+
     # Arguments
     model: a Keras model.
 
@@ -79,11 +83,11 @@ def first_binary_conv(model):
                     tf.keras.layers.DepthwiseConv2D, tf.keras.layers.SeparableConv1D,
                     tf.keras.layers.SeparableConv2D)
     for layer in binary_layers(model):
-        if isinstance(layer, convolutions):
+        if isinstance(layer, convolutions) or len(getattr(layer, "kernel_size", None) or ()) >= 1:
             return layer
     raise ValueError(f"Model {model.name!r} has no binary convolution (no conv layer with a "
-                     "kernel quantizer of precision 1, e.g. larq's ste_sign); feature maps "
-                     "need one.")
+                     "kernel quantizer of precision 1, e.g. larq's ste_sign, and no MBN conv); "
+                     "feature maps need one.")
 
 
 def first_binary_conv_outputs(model, x):

@@ -1010,7 +1010,7 @@ def write_plots(out_dir, model=None, data=None, epsilon=None, seed=0):
             try:
                 plots.first_binary_conv(model)
             except ValueError as error:
-                # e.g. multi-bit (MBN) convolutions, binary for the penalty but no larq conv.
+                # e.g. a model whose only binary layers are dense.
                 log.warning("No feature_maps.png: %s", error)
                 return [os.fspath(p) for p in written]
             from larq_l1inf.evaluation import noisy_inputs

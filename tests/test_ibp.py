@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from helpers import BINARY, toy_bnn, trained_like_batchnorm, uniform_inputs
 
+from larq_l1inf import ibp
 from larq_l1inf._keras import tf
 from larq_l1inf.ibp import (
     UnsupportedLayerError,
@@ -265,21 +266,48 @@ def test_bad_inputs_raise_clear_errors():
         interval_bounds(tern, np.zeros((1, 4), np.float32), 0.1)
 
 
-@pytest.mark.parametrize("variant", ["reactnet", "adabin"])
-def test_backbone_variants_are_bounded_soundly(variant):
-    """RSign/RPReLU (ReActNet), AdaBin's activation and Maxout."""
+@pytest.mark.parametrize("variant,options", [
+    ("reactnet", {}), ("adabin", {}), ("abc", {}), ("cyclebnn", {}),
+    ("mbn", dict(weight_bases=2, activation_bases=2))])
+def test_backbone_variants_are_bounded_soundly(variant, options):
+    """RSign/RPReLU (ReActNet), AdaBin's activation and Maxout, ABC-Net's activation bases
+    (one scale negative), CycleBNN's min-max sign at 8 bits, MBN's base pairs."""
     from larq_l1inf.backbones import resnet20
 
-    model = resnet20(variant, num_classes=3, input_shape=(8, 8, 3), width=2, logits=True)
+    model = resnet20(variant, num_classes=3, input_shape=(8, 8, 3), width=2, logits=True,
+                     **options)
     _randomize(model)
     for layer in model.submodules:  # non-trivial learned shifts and slopes
         for name in ("alpha", "gamma", "zeta", "center"):
             w = getattr(layer, name, None)
             if isinstance(w, tf.Variable) and not isinstance(layer, L.BatchNormalization):
                 w.assign(np.full(w.shape, 0.05, np.float32))
+        if type(layer).__name__ == "ABCActivation":
+            layer.scale.assign([0.6, -0.3, 0.4])
+        if type(layer).__name__ == "CyclicSign":
+            assert float(layer.bits.numpy()) == 8.0  # the training state, not the plain sign
     x = uniform_inputs((2, 8, 8, 3))
     lower, upper = _assert_contains(model, x, 0.01, count=200)
     assert np.all(upper >= lower)
+
+
+def test_cyclic_sign_at_zero_bits_is_the_plain_sign_interval():
+    from larq_l1inf.quantizers import CyclicSign
+
+    def conv(q):
+        return lq.layers.QuantConv2D(3, 3, input_quantizer=q, kernel_quantizer="ste_sign",
+                                     use_bias=False)
+    cyclic = tf.keras.Sequential([tf.keras.Input((6, 6, 2)), conv(CyclicSign("activations"))])
+    plain = tf.keras.Sequential([tf.keras.Input((6, 6, 2)), conv("approx_sign")])
+    plain.set_weights(cyclic.get_weights())
+    x = uniform_inputs((2, 6, 6, 2)) - 0.5
+    wide = [t.numpy() for t in interval_bounds(cyclic, x, 0.1, clip=None)]  # 8 bits
+    cyclic.layers[0].input_quantizer.bits.assign(0.0)
+    got = [t.numpy() for t in interval_bounds(cyclic, x, 0.1, clip=None)]
+    want = [t.numpy() for t in interval_bounds(plain, x, 0.1, clip=None)]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert np.all(wide[0] <= got[0] + 1e-6) and np.all(wide[1] >= got[1] - 1e-6)
 
 
 def test_per_sample_epsilon_equals_separate_calls():
@@ -293,3 +321,147 @@ def test_per_sample_epsilon_equals_separate_calls():
         np.testing.assert_allclose(upper.numpy()[i:i + 1], ui.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="epsilon"):
         interval_bounds(model, x, np.array([0.1, -0.1]).reshape(2, 1, 1, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The binary-kernel radius (|W_b| = c_o): window sums instead of a convolution with |W_b|
+# ---------------------------------------------------------------------------------------------
+
+BINARY_KERNELS = ["ste_sign", "magnitude_aware_sign", "xnor_sign", "magnitude_sign",
+                  "libra_pb_sign", "dorefa_weight",
+                  lambda: lq.quantizers.DoReFa(k_bit=1, mode="weights")]
+RADIUS_LAYERS = [  # (layer, input shape)
+    (lambda q, iq: lq.layers.QuantConv2D(3, 3, padding="same", pad_values=1.0, kernel_quantizer=q,
+                                         input_quantizer=iq, use_bias=False), (7, 7, 2)),
+    (lambda q, iq: lq.layers.QuantConv2D(3, 3, padding="same", strides=2, kernel_quantizer=q,
+                                         input_quantizer=iq), (7, 7, 2)),
+    (lambda q, iq: lq.layers.QuantConv2D(3, (2, 3), padding="valid", dilation_rate=2,
+                                         kernel_quantizer=q, input_quantizer=iq), (8, 8, 2)),
+    (lambda q, iq: lq.layers.QuantConv1D(3, 3, padding="causal", dilation_rate=2,
+                                         kernel_quantizer=q, input_quantizer=iq), (9, 2)),
+    (lambda q, iq: lq.layers.QuantConv1D(3, 3, padding="same", pad_values=-1.0, strides=2,
+                                         kernel_quantizer=q, input_quantizer=iq), (9, 2)),
+    (lambda q, iq: lq.layers.QuantConv3D(2, 2, padding="same", pad_values=1.0, kernel_quantizer=q,
+                                         input_quantizer=iq), (4, 4, 4, 2)),
+    (lambda q, iq: lq.layers.QuantDense(3, kernel_quantizer=q, input_quantizer=iq), (5,)),
+    (lambda q, iq: lq.layers.QuantDense(3, kernel_quantizer=q, input_quantizer=iq), (4, 5)),
+]
+
+
+def _quantizer(q):
+    return q() if callable(q) else q
+
+
+@pytest.fixture
+def radius_mode(monkeypatch):
+    def set_mode(mode):
+        monkeypatch.setattr(ibp, "BINARY_RADIUS", mode)
+    return set_mode
+
+
+# Every layer case with ste_sign; every binary kernel on a conv and a Dense case.
+RADIUS_CASES = ([("ste_sign", c) for c in range(len(RADIUS_LAYERS))]
+                + [(q, c) for q in BINARY_KERNELS[1:] for c in (0, len(RADIUS_LAYERS) - 1)])
+
+
+@pytest.mark.parametrize("q,case", RADIUS_CASES)
+def test_binary_radius_equals_the_generic_path(q, case, radius_mode):
+    make, shape = RADIUS_LAYERS[case]
+    rng = np.random.default_rng(case)
+    # A continuous radius in endpoint form, the same in centre/radius form (after an affine
+    # Rescaling), and a sign's {0, 1}.
+    for input_quantizer, centred in ((None, False), (None, True), ("ste_sign", False)):
+        layer = make(_quantizer(q), input_quantizer)
+        before = [L.Rescaling(0.5, offset=0.1)] if centred else []
+        model = tf.keras.Sequential([tf.keras.Input(shape), *before, layer])
+        layer.kernel.assign(rng.normal(0, 0.5, layer.kernel.shape).astype("float32"))
+        assert ibp._binary_quantizer(layer, layer.kernel), "fast path not taken"
+        x = rng.uniform(-1, 1, (3, *shape)).astype("float32")
+        eps = rng.uniform(0, 0.3, (3, *shape)).astype("float32")  # a different radius per entry
+        got = {}
+        for mode in ("fast", "exact", "generic"):
+            radius_mode(mode)
+            got[mode] = [t.numpy() for t in interval_bounds(model, x, eps, clip=None)]
+            if mode == "fast" and input_quantizer is None and not centred:  # the graph's tf.cond
+                graph = tf.function(lambda: interval_bounds(model, x, eps, clip=None))()
+                for a, b in zip(got[mode], graph):
+                    np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-5)
+        for mode in ("fast", "exact"):
+            for a, b in zip(got[mode], got["generic"]):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        assert np.any(got["fast"][1] - got["fast"][0] > 1e-3)
+
+
+def test_binary_radius_is_not_used_for_other_kernels():
+    float_conv = L.Conv2D(2, 3)
+    tern = lq.layers.QuantConv2D(2, 3, kernel_quantizer="ste_tern")
+    adabin = lq.layers.QuantConv2D(2, 3, kernel_quantizer="adabin_weight")
+    for layer in (float_conv, tern, adabin):
+        layer.build((None, 6, 6, 2))
+        assert not ibp._binary_quantizer(layer, layer.kernel), layer.kernel_quantizer
+
+
+def _gradients(model, x, mode, radius_mode, extra=()):
+    radius_mode(mode)
+    with tf.GradientTape() as tape:
+        lower, upper = interval_bounds(model, x, 0.05, training=True)
+        loss = tf.reduce_sum(upper - lower) + tf.reduce_sum(lower * np.arange(5.0))
+    variables = list(model.trainable_weights) + list(extra)
+    grads = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return variables, grads
+
+
+def test_binary_radius_gradients(radius_mode):
+    """`exact` gives the generic path's gradients everywhere; `fast` everywhere but in the
+    latent binary kernels (the straight-through gradient through |W_b| = 1), and for a kernel
+    `alpha_o * sign(W)` with a learned `alpha` the same gradient in `alpha`."""
+    alpha = tf.Variable(np.linspace(0.5, 2.0, 8).astype("float32"))
+
+    def scaled_sign(w):
+        return alpha * tf.stop_gradient(lq.math.sign(w))
+
+    model = toy_bnn()
+    x = uniform_inputs((4, 8, 8, 3))
+    scaled = tf.keras.Sequential([
+        tf.keras.Input((8, 8, 3)),
+        lq.layers.QuantConv2D(8, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
+                              kernel_quantizer=scaled_sign, use_bias=False),
+        L.BatchNormalization(), L.GlobalAveragePooling2D(), L.Dense(5)])
+    for net, extra in ((model, ()), (scaled, (alpha,))):
+        variables, generic = _gradients(net, x, "generic", radius_mode, extra)
+        _, exact = _gradients(net, x, "exact", radius_mode, extra)
+        _, fast = _gradients(net, x, "fast", radius_mode, extra)
+        assert any(np.any(g.numpy() != 0) for g in generic)
+        for v, g, e, f in zip(variables, generic, exact, fast):
+            np.testing.assert_allclose(e.numpy(), g.numpy(), rtol=1e-4, atol=1e-5, err_msg=v.name)
+            latent_binary = "quant_conv" in v.name and "kernel" in v.name and net is model
+            if not latent_binary:
+                np.testing.assert_allclose(f.numpy(), g.numpy(), rtol=1e-4, atol=1e-5,
+                                           err_msg=v.name)
+
+
+def test_binary_radius_falls_back_when_a_traced_kernel_stops_being_binary(radius_mode):
+    """A quantizer with state can leave +-c after tracing: checked in the graph on every call."""
+    shift = tf.Variable(0.0, trainable=False)
+
+    def shifted_sign(w):
+        return lq.math.sign(w) + shift
+
+    model = tf.keras.Sequential([tf.keras.Input((6, 6, 2)), lq.layers.QuantConv2D(
+        3, 3, kernel_quantizer=shifted_sign, input_quantizer="ste_sign")])
+    x = uniform_inputs((2, 6, 6, 2))
+    bounds = tf.function(lambda: interval_bounds(model, x, 0.3))
+    radius_mode("fast")
+    bounds()  # traced while the kernel is +-1
+    shift.assign(0.5)  # now {-0.5, 1.5}
+    got = [t.numpy() for t in bounds()]
+    radius_mode("generic")
+    want = [t.numpy() for t in interval_bounds(model, x, 0.3)]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_binary_radius_mode(radius_mode):
+    radius_mode("quick")
+    with pytest.raises(ValueError, match="BINARY_RADIUS"):
+        interval_bounds(toy_bnn(), uniform_inputs((1, 8, 8, 3)), 0.1)

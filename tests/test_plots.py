@@ -118,6 +118,37 @@ class TestFeatureMaps:
                         expected[n, i, j, o] = np.sum(padded[n, i:i + 3, j:j + 3] * w[..., o])
         np.testing.assert_allclose(maps, expected, atol=1e-4)
 
+    def test_multi_bit_convolution(self, tmp_path):
+        """An MBN conv is the first binary conv; its maps are its combined output (the sum of
+        its base-pair convolutions), and the figure is drawn."""
+        from larq_l1inf.mbn import MBNConv2D, MBNDense
+
+        inputs = tf.keras.Input((6, 6, 3))
+        x = tf.keras.layers.Conv2D(3, 3, padding="same", name="float_stem")(inputs)
+        x = MBNConv2D(4, 3, weight_bases=2, activation_bases=2, name="mbn_conv")(x)
+        x = tf.keras.layers.GlobalAveragePooling2D()(x)
+        model = tf.keras.Model(inputs, MBNDense(3, name="mbn_head")(x))
+        layer = model.get_layer("mbn_conv")
+        assert [l.name for l in plots.binary_layers(model)] == ["mbn_conv", "mbn_head"]
+        assert plots.first_binary_conv(model) is layer
+        x = uniform_inputs((2, 6, 6, 3))
+        found, maps = plots.first_binary_conv_outputs(model, x)
+        h = model.get_layer("float_stem")(x)
+        base_pairs = []  # alpha_m beta_n conv(sign(h + v_n), sign(W_m)), padded with +1
+        for n in range(2):
+            a = np.where(h.numpy() + layer.activation_shift.numpy()[n] >= 0, 1.0, -1.0)
+            a = np.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=1.0)
+            for m, w in enumerate(layer.weight_bases_tensors()):
+                y = tf.nn.convolution(a.astype("float32"), w, padding="VALID").numpy()
+                base_pairs.append(layer.weight_scale.numpy()[m]
+                                  * layer.activation_scale.numpy()[n] * y)
+        assert found is layer and maps.shape == (2, 6, 6, 4)
+        np.testing.assert_allclose(maps, np.sum(base_pairs, axis=0), atol=1e-5)
+        assert_png(plots.feature_maps(model, x[0], x[1], tmp_path / "mbn.png", channels=2))
+        dense_only = tf.keras.Sequential([tf.keras.Input((4,)), MBNDense(2)])
+        with pytest.raises(ValueError, match="no binary convolution"):
+            plots.first_binary_conv(dense_only)
+
     def test_writes_png_for_several_models(self, tmp_path):
         baseline = trained_like_batchnorm(float_then_binary())
         tf.keras.utils.set_random_seed(1)
