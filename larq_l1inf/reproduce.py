@@ -593,6 +593,9 @@ def run_recipe(name, *, quick=False, out_dir="reproduce_runs", results_dir="docs
                                      reuse_root=out_dir, evaluate=recipe.evaluate))
     result = summarize(recipe, configs, runs, epsilons, scale, quick)
     result["wall_seconds"] = time.perf_counter() - start
+    # The compute behind the numbers, also when this call only read finished runs back.
+    result["run_seconds"] = sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0)
+                                for records in runs.values() for r in records)
     os.makedirs(results_dir, exist_ok=True)
     write_json(result, os.path.join(results_dir, name + ("_quick" if quick else "") + ".json"))
     return result
@@ -714,7 +717,8 @@ def _reproduce_command(args):
 def format_result(result):
     """A plain-text summary of a recipe's comparisons (noisy accuracy at each range, points)."""
     lines = [f"{result['title']} ({result['seeds']} paired seeds, "
-             f"{result['wall_seconds'] if 'wall_seconds' in result else 0:.0f} s)"]
+             f"{result.get('run_seconds', result.get('wall_seconds', 0)):.0f} s of training and "
+             "evaluation)"]
     for c in result["comparisons"]:
         parts = [f"clean {100 * c['clean']['mean']:+.2f} [{100 * c['clean']['lo']:+.2f}, "
                  f"{100 * c['clean']['hi']:+.2f}]"]

@@ -90,7 +90,10 @@ def table(result):
         f"{scale.get('train_size')} training / {scale.get('test_size')} test examples, "
         f"{scale.get('epochs')} epochs, {result['seeds']} paired seeds, "
         f"{scale.get('draws')} noise draws per range"
-        + (" (--quick)" if result.get("quick") else "") + ". Accuracy in %, mean +- std over seeds.")
+        + (" (--quick)" if result.get("quick") else "")
+        + (f"; {result['run_seconds'] / 60:.0f} min of training and evaluation on "
+           f"{result['versions'].get('cpus', '?')} CPU cores" if "run_seconds" in result else "")
+        + ". Accuracy in %, mean +- std over seeds.")
     lines.append("")
     arms = result["arms"]
     some = next(iter(arms.values()))
@@ -147,11 +150,15 @@ def plot(result, path):
 
     xs = [0.0] + [e[1] for e in result["epsilons"]]
     fig, ax = plt.subplots(figsize=(6, 4))
+    # One colour per variant: dashed without a treatment, solid with it.
+    variants = list(dict.fromkeys(arm.split("+")[0] for arm in result["arms"]))
+    colours = {v: f"C{i}" for i, v in enumerate(variants)}
     for arm, a in result["arms"].items():
         ys = [a["clean"]["mean"]] + [v["mean"] for v in a["noisy"]]
         es = [a["clean"]["std"]] + [v["std"] for v in a["noisy"]]
         ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in es], capsize=2,
-                    label=arm, linestyle="-" if "+" in arm else "--", marker="o", markersize=3)
+                    label=arm, linestyle="-" if "+" in arm else "--", marker="o", markersize=3,
+                    color=colours[arm.split("+")[0]])
     ax.set_xlabel("noise range upper end (Algorithm 1, [0, 1] pixel units)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(result["title"], fontsize=9)
