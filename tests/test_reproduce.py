@@ -18,6 +18,10 @@ TINY_1D = {"train_size": 150, "test_size": 60, "width": 4, "epochs": 1, "draws":
            "seeds": 2, "batch_size": 32}
 
 
+def interval_text(c):
+    return f"{100 * c['mean']:+.2f} [{100 * c['lo']:+.2f}, {100 * c['hi']:+.2f}]"
+
+
 def tiny(name):
     return dict(TINY_1D if name == "table3" else TINY_IMAGE)
 
@@ -137,9 +141,16 @@ def test_recipe_quick_end_to_end(name, tmp_path, monkeypatch):
         assert script["main"](["--results", str(tmp_path / "results"), "--quick",
                                "--out", str(md), "--plot", str(png)]) == 0
         text = md.read_text()
-        c = comparison["clean"]
-        assert f"{100 * c['mean']:+.2f} [{100 * c['lo']:+.2f}, {100 * c['hi']:+.2f}]" in text
+        assert interval_text(comparison["clean"]) in text
         assert "Paper:" in text and png.stat().st_size > 0
+        readme = tmp_path / "README.md"
+        readme.write_text(f"intro\n{script['README_BEGIN']}\nstale\n{script['README_END']}\nrest\n")
+        assert script["main"](["--results", str(tmp_path / "results"), "--quick",
+                               "--readme", str(readme)]) == 0
+        bullets = readme.read_text()
+        assert "stale" not in bullets and bullets.startswith("intro") and bullets.endswith("rest\n")
+        i = max(written["paper_ranges"])
+        assert interval_text(comparison["noisy"][i]) in bullets
         # Resumable: a second call reads every finished run back without training.
         marker = tmp_path / "runs" / "table2_quick" / reference / "seed_1" / "result.json"
         mtime = os.path.getmtime(marker)
