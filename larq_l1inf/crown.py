@@ -101,25 +101,10 @@ _AFFINE = (layers.Dense, layers.Conv1D, layers.Conv2D, layers.Conv3D, layers.Dep
            layers.DepthwiseConv1D)
 _NOT_AFFINE = (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose,
                layers.SeparableConv1D, layers.SeparableConv2D)
-# Identity at inference; ibp.py bounds them as the identity in training mode too.
-_IDENTITY = (layers.Dropout, layers.SpatialDropout1D, layers.SpatialDropout2D,
-             layers.SpatialDropout3D, layers.GaussianNoise, layers.GaussianDropout,
-             layers.AlphaDropout, layers.ActivityRegularization)
-# Linear maps without parameters: transposed by automatic differentiation.
-_LINEAR = (layers.AveragePooling1D, layers.AveragePooling2D, layers.AveragePooling3D,
-           layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D,
-           layers.GlobalAveragePooling3D, layers.Flatten, layers.Reshape, layers.Permute,
-           layers.ZeroPadding1D, layers.ZeroPadding2D, layers.ZeroPadding3D,
-           layers.Cropping1D, layers.Cropping2D, layers.Cropping3D, layers.UpSampling1D,
-           layers.UpSampling2D, layers.RepeatVector)
 _SOFTMAX = (tf.keras.activations.softmax, tf.nn.softmax)
 _LINEAR_ACTIVATIONS = (None, tf.keras.activations.linear, tf.identity)
 _RELU = (tf.keras.activations.relu, tf.nn.relu)
 _HARD_TANH = (lq.activations.hard_tanh,)
-# larq's quantizer functions with an elementwise non-decreasing forward pass; quantizer
-# objects are checked by ibp.py itself.
-_MONOTONE_QUANTIZER_FUNCTIONS = (lq.quantizers.ste_sign, lq.quantizers.approx_sign,
-                                 lq.quantizers.swish_sign, lq.quantizers.ste_heaviside)
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,15 +246,6 @@ def _is_sequential(model):
                                                                  False)
 
 
-def _graph_nodes(model):
-    """(layer, input ids, output ids) of a functional model in execution order (Keras 2 keeps
-    the graph in `_nodes_by_depth`; ibp.py walks it the same way)."""
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if not isinstance(node.layer, layers.InputLayer):
-                yield node.layer, node.flat_input_ids, node.flat_output_ids
-
-
 def _expand_layer(graph, layer, inputs):
     """Add the ops of one layer; returns the id of its output value."""
     if isinstance(layer, tf.keras.Model):
@@ -299,7 +275,7 @@ def _expand_model(graph, model, inputs):
         raise ValueError(f"Model {model.name!r} has {len(model.inputs)} inputs; CROWN-IBP "
                          f"bounds models with one input.")
     values = {str(id(t)): v for t, v in zip(model.inputs, inputs)}
-    for layer, in_ids, out_ids in _graph_nodes(model):
+    for layer, in_ids, out_ids in ibp.graph_nodes(model):
         if len(out_ids) != 1:
             raise ibp.UnsupportedLayerError(
                 f"Layer {layer.name!r} has {len(out_ids)} outputs; CROWN-IBP needs one.")
@@ -341,105 +317,15 @@ def _build_graph(model):
 # --------------------------------------------------------------------------------------------
 
 
-class _OneLayer:
-    """One layer seen as a model by `ibp.propagate`, which walks `.layers` of any model that is
-    not a functional graph: ibp.py's own rule for that layer, with its checks and errors."""
-
-    def __init__(self, layer):
-        self.layers, self.name = [layer], layer.name
-
-
-def _check_affine(layer):
-    if getattr(layer, "data_format", "channels_last") != "channels_last":
-        raise ibp.UnsupportedLayerError(
-            f"Layer {layer.name!r}: CROWN-IBP supports channels_last only, got "
-            f"{layer.data_format!r}.")
-    if getattr(layer, "groups", 1) != 1:
-        raise ibp.UnsupportedLayerError(
-            f"Layer {layer.name!r}: grouped convolutions are not supported.")
-
-
-def _read_kernel(layer):
-    attr = "depthwise_kernel" if isinstance(
-        layer, (layers.DepthwiseConv2D, layers.DepthwiseConv1D)) else "kernel"
-    # Inside quantized_scope a larq QuantizedVariable reads as its quantizer's forward output,
-    # with the quantizer's STE gradient to the latent weights.
-    with lq.context.quantized_scope(True):
-        return tf.convert_to_tensor(getattr(layer, attr))
-
-
-def _same_padding(layer, shape):
-    """TF's `same` padding (before, after) per spatial axis."""
-    pads = []
-    for size, k, s, d in zip(shape[1:-1], layer.kernel_size, layer.strides, layer.dilation_rate):
-        out = -(-size // s)
-        total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-        pads.append([total // 2, total - total // 2])
-    return [[0, 0], *pads, [0, 0]]
-
-
-def _linear(layer, x, kernel, pad_value=0.0):
-    """The layer's linear map of `x` (no bias), its padding filled with `pad_value` as larq
-    pads the quantized input with `pad_values`."""
-    if isinstance(layer, layers.Dense):
-        return tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
-    padding = layer.padding.upper()
-    if padding == "CAUSAL":
-        left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
-        x, padding = tf.pad(x, [[0, 0], [left, 0], [0, 0]]), "VALID"
-    elif padding == "SAME" and not (not tf.is_tensor(pad_value) and pad_value == 0.0):
-        x = tf.pad(x, _same_padding(layer, x.shape), constant_values=tf.cast(pad_value, x.dtype))
-        padding = "VALID"
-    if isinstance(layer, layers.DepthwiseConv2D):
-        return tf.nn.depthwise_conv2d(x, kernel, strides=(1, *layer.strides, 1), padding=padding,
-                                      dilations=layer.dilation_rate)
-    if isinstance(layer, layers.DepthwiseConv1D):
-        y = tf.nn.depthwise_conv2d(x[:, :, None, :], kernel[:, None], padding=padding,
-                                   strides=(1, layer.strides[0], 1, 1),
-                                   dilations=(layer.dilation_rate[0], 1))
-        return y[:, :, 0, :]
-    return tf.nn.convolution(x, kernel, strides=layer.strides, padding=padding,
-                             dilations=layer.dilation_rate)
-
-
-def _pad_value(layer):
-    return getattr(layer, "pad_values", 0.0) if not isinstance(layer, layers.Dense) else 0.0
-
-
-def _bias(layer):
-    return layer.bias if getattr(layer, "use_bias", False) and layer.bias is not None else None
-
-
-def _affine_interval(layer, box, kernel):
-    centre = _linear(layer, box.centre, kernel, _pad_value(layer))
-    radius = _linear(layer, box.radius, tf.abs(kernel))
-    bias = _bias(layer)
-    return ibp.Interval.from_centre(centre if bias is None else centre + bias, radius)
-
-
-def _quantizer_interval(op, box, training):
-    q = op.fn
-    if isinstance(q, layers.Layer):
-        return ibp.propagate(_OneLayer(q), box, training=training, logits=False)
-    if q in _MONOTONE_QUANTIZER_FUNCTIONS:
-        return box.map(q)
-    raise ibp.UnsupportedLayerError(
-        f"Layer {op.layer.name!r} ({type(op.layer).__name__}): its input_quantizer "
-        f"{getattr(q, '__name__', repr(q))} is not a known elementwise non-decreasing "
-        "quantizer. Use a larq sign-type quantizer (ste_sign, approx_sign, swish_sign) or a "
-        "quantizer object declared with `larq_l1inf.ibp.register_monotone_quantizer`.")
-
-
 def _forward(graph, box, training, kernels):
     boxes = {graph.input: box}
     for op in graph.ops:
         ins = [boxes[i] for i in op.inputs]
         if op.kind == "affine":
-            _check_affine(op.layer)
-            kernels[op.output] = _read_kernel(op.layer)
-            out = _affine_interval(op.layer, ins[0], kernels[op.output])
+            kernels[op.output] = ibp.read_kernel(op.layer)
+            out = ibp.affine_interval(op.layer, ins[0], kernels[op.output])
         elif op.kind == "quantize":
-            out = _quantizer_interval(op, ins[0], training)
+            out = ibp.quantizer_interval(op.layer, op.fn, ins[0])
         elif op.kind == "activation":
             if op.fn not in _RELAXATIONS:  # a softmax that is not the last operation
                 raise ibp.UnsupportedLayerError(
@@ -447,8 +333,7 @@ def _forward(graph, box, training, kernels):
                     "can only be the model's last operation.")
             out = ins[0].map(op.fn)  # relu / hard tanh: monotone
         else:
-            out = ibp.propagate(_OneLayer(op.layer), ins if len(ins) > 1 else ins[0],
-                                training=training, logits=False)
+            out = ibp.apply_rule(op.layer, ins if len(ins) > 1 else ins[0], training)
         if isinstance(out, list):
             raise ibp.UnsupportedLayerError(
                 f"Layer {op.layer.name!r} has several outputs; CROWN-IBP needs one.")
@@ -488,17 +373,25 @@ def _in_shape(box):
     return tf.shape(box.centre)[1:]
 
 
+def _pad_value(layer):
+    return getattr(layer, "pad_values", 0.0) if not isinstance(layer, layers.Dense) else 0.0
+
+
+def _bias(layer):
+    return layer.bias if getattr(layer, "use_bias", False) and layer.bias is not None else None
+
+
 def _back_affine(layer, a, box, kernel):
     """(a_in, constant) of the affine layer's linear part."""
     if isinstance(layer, layers.Dense):
         a_in = tf.einsum("bk...o,io->bk...i", a, kernel)
     else:
-        a_in = _transpose(lambda h: _linear(layer, h, kernel), a, _in_shape(box))
+        a_in = _transpose(lambda h: ibp.linear_map(layer, h, kernel), a, _in_shape(box))
     constant = 0.0
     pad = _pad_value(layer)
     if not isinstance(layer, layers.Dense) and not (not tf.is_tensor(pad) and pad == 0.0):
         # The padded border is the constant pad_values: its part of the output is a constant.
-        border = _linear(layer, tf.zeros_like(box.centre[:1]), kernel, pad)
+        border = ibp.linear_map(layer, tf.zeros_like(box.centre[:1]), kernel, pad)
         constant = constant + _sum_tail(a * border[:, None])
     bias = _bias(layer)
     if bias is not None:
@@ -514,43 +407,20 @@ def _back_relaxed(relax, a, box):
     return a_in, constant
 
 
-def _batch_norm_affine(layer, box, training):
-    """(scale, shift) of BatchNormalization as ibp.py applies it."""
-    rank = box.centre.shape.rank
-    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-    if [ax % rank for ax in axes] != [rank - 1]:
-        return None
-    if training:
-        mean, var = tf.nn.moments(box.centre, list(range(rank - 1)))
-        mean, var = tf.stop_gradient(mean), tf.stop_gradient(var)
-    else:
-        mean, var = layer.moving_mean, layer.moving_variance
-    scale = tf.math.rsqrt(var + layer.epsilon)
-    if layer.gamma is not None:
-        scale = scale * layer.gamma
-    shift = -mean * scale
-    if layer.beta is not None:
-        shift = shift + layer.beta
-    return scale, shift
-
-
 def _back_layer(layer, a, in_boxes, training):
     """(list of a_in per input, constant) for a layer passed exactly or relaxed; None where
     the backward pass stops (no linear relaxation)."""
     box = in_boxes[0]
-    if isinstance(layer, _IDENTITY):
+    if isinstance(layer, ibp.IDENTITY_LAYERS):
         return [a], 0.0
     if isinstance(layer, layers.BatchNormalization):
-        affine = _batch_norm_affine(layer, box, training)
-        if affine is None:
-            return None
-        scale, shift = affine
+        scale, shift = ibp.batch_norm_affine(layer, box.centre, training)
         return [a * scale], _sum_tail(a * shift)
     if isinstance(layer, layers.Rescaling):
         scale = tf.cast(layer.scale, a.dtype)
         offset = tf.cast(layer.offset, a.dtype)
         return [a * scale], _sum_tail(a * tf.ones_like(box.centre[:1, None]) * offset)
-    if isinstance(layer, _LINEAR):
+    if isinstance(layer, ibp.LINEAR_LAYERS):
         return [_transpose(layer, a, _in_shape(box))], 0.0
     if isinstance(layer, layers.Add):
         return [a] * len(in_boxes), 0.0

@@ -72,17 +72,29 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BINARY_RADIUS",
     "BINARY_RADIUS_MODES",
+    "IDENTITY_LAYERS",
     "Interval",
+    "LINEAR_LAYERS",
     "UnsupportedLayerError",
+    "affine_interval",
+    "apply_rule",
+    "batch_norm_affine",
     "binary_radius",
     "binary_radius_exact",
     "certified_margin",
     "channel_scale",
+    "graph_nodes",
     "input_box",
     "interval_bounds",
+    "is_monotone_quantizer",
+    "linear_map",
+    "linear_op",
     "propagate",
+    "quantizer_interval",
+    "read_kernel",
     "register_interval_rule",
     "register_monotone_quantizer",
+    "same_padding",
     "verified_accuracy",
 ]
 
@@ -183,7 +195,18 @@ def register_monotone_quantizer(cls):
     return cls
 
 
-def _is_monotone_quantizer(q):
+def is_monotone_quantizer(q):
+    """Whether IBP (and CROWN-IBP) may bound the quantizer `q` endpoint-wise, `[q(l), q(u)]`:
+    larq's sign-type quantizers (functions or objects), DoReFa in activation mode, `ste_tern`
+    without the data-dependent threshold, `None`, and classes declared with
+    `register_monotone_quantizer`.
+
+    # Arguments
+    q: a quantizer function or object, or None.
+
+    # Returns
+    A bool.
+    """
     if q is None or q in _MONOTONE_QUANTIZER_FUNCTIONS:
         return True
     if isinstance(q, lq.quantizers.DoReFa):
@@ -197,13 +220,29 @@ def _is_monotone_quantizer(q):
 _QUANTIZER_RULES = []
 
 
-def _quantize(layer, q, box, attr="input_quantizer"):
+def quantizer_interval(layer, q, box, attr="input_quantizer"):
+    """The `Interval` of a layer's quantizer `q` applied to `box`: a registered quantizer rule
+    (e.g. CycleBNN's min-max sign), else `[q(l), q(u)]` for a monotone quantizer
+    (`is_monotone_quantizer`); `box` itself for `q = None`.
+
+    # Arguments
+    layer: the layer `q` belongs to (named in errors).
+    q: the quantizer (function, object or None).
+    box: the input `Interval`.
+    attr: how `q` is named in errors.
+
+    # Returns
+    An `Interval`.
+
+    # Raises
+    UnsupportedLayerError: for a quantizer that is neither monotone nor has a rule.
+    """
     if q is None:
         return box
     for cls, fn in _QUANTIZER_RULES:
         if isinstance(q, cls):
             return fn(q, box)
-    if not _is_monotone_quantizer(q):
+    if not is_monotone_quantizer(q):
         raise UnsupportedLayerError(
             f"Layer {layer.name!r} ({type(layer).__name__}): its {attr} {type(q).__name__} is "
             "not a known elementwise non-decreasing quantizer, so IBP cannot bound it. Use a "
@@ -250,8 +289,17 @@ def _endpoints_either_way(box, fn):
 _CONV_TRANSPOSE = (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)
 
 
-def _same_padding(layer, shape):
-    """TF's `same` padding (before, after) per spatial axis, as larq pads with `pad_values`."""
+def same_padding(layer, shape):
+    """TF's `same` padding `[[before, after], ...]` of a convolution layer for an input of
+    `shape` (batch and channel axes unpadded), as larq pads with `pad_values`.
+
+    # Arguments
+    layer: a convolution layer (`kernel_size`, `strides`, `dilation_rate`).
+    shape: the static input shape, channels last.
+
+    # Returns
+    A list of `[before, after]` pairs, one per axis of `shape`, for `tf.pad`.
+    """
     pads = []
     for size, k, s, d in zip(shape[1:-1], layer.kernel_size, layer.strides, layer.dilation_rate):
         out = -(-size // s)
@@ -260,7 +308,20 @@ def _same_padding(layer, shape):
     return [[0, 0], *pads, [0, 0]]
 
 
-def _linear_op(layer, x, kernel, padding):
+def linear_op(layer, x, kernel, padding):
+    """The layer's linear operation of `x` with `kernel` (no bias, no padding of its own
+    beyond TF's zero `padding`): a tensordot for Dense, a (depthwise) convolution with the
+    layer's strides and dilation otherwise.
+
+    # Arguments
+    layer: a Dense, Conv1D/2D/3D or DepthwiseConv1D/2D layer (channels_last).
+    x: the input, already padded if `padding` is `"VALID"`.
+    kernel: the kernel to use (e.g. the quantized kernel, or its absolute value).
+    padding: `"SAME"` or `"VALID"`; ignored for Dense.
+
+    # Returns
+    The output tensor.
+    """
     if isinstance(layer, layers.DepthwiseConv2D):
         return tf.nn.depthwise_conv2d(x, kernel, strides=(1, *layer.strides, 1), padding=padding,
                                       dilations=layer.dilation_rate)
@@ -273,6 +334,44 @@ def _linear_op(layer, x, kernel, padding):
         return tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
     return tf.nn.convolution(x, kernel, strides=layer.strides, padding=padding,
                              dilations=layer.dilation_rate)
+
+
+def _is_zero(value):
+    return not tf.is_tensor(value) and value == 0.0
+
+
+def _pad_input(layer, x, pad_value):
+    """`(x, padding)`: `x` padded as the layer pads it before its `linear_op` (causal: zeros
+    on the left; `same` with a non-zero `pad_value`: that constant), and the padding left
+    for the op."""
+    if isinstance(layer, layers.Dense):
+        return x, None
+    padding = layer.padding.upper()
+    if padding == "CAUSAL":
+        left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
+        return tf.pad(x, [[0, 0], [left, 0], [0, 0]]), "VALID"
+    if padding == "SAME" and not _is_zero(pad_value):
+        spec = same_padding(layer, x.shape)
+        return tf.pad(x, spec, constant_values=tf.cast(pad_value, x.dtype)), "VALID"
+    return x, padding
+
+
+def linear_map(layer, x, kernel, pad_value=0.0):
+    """The layer's linear map of `x` (no bias), padded as the layer pads: `same` padding
+    filled with `pad_value` (larq pads the quantized input with its `pad_values`), causal
+    padding with zeros.
+
+    # Arguments
+    layer: a Dense, Conv1D/2D/3D or DepthwiseConv1D/2D layer (channels_last).
+    x: the input tensor.
+    kernel: the kernel (e.g. from `read_kernel`).
+    pad_value: the constant of the layer's `same` padding.
+
+    # Returns
+    The output tensor.
+    """
+    x, padding = _pad_input(layer, x, pad_value)
+    return linear_op(layer, x, kernel, padding)
 
 
 #: How the radius goes through a layer whose kernel is `+-c_o` (`|W_b| = c_o` in output
@@ -343,17 +442,21 @@ def binary_radius(layer, radius, scale, padding):
     scale alpha), as $\partial/\partial c_o$ of both is the window sum.
 
     # Arguments
-    layer: a Dense or Conv1D/2D/3D layer (channels_last, groups 1).
+    layer: a Dense or Conv1D/2D/3D layer (channels_last, groups 1), or any layer with
+        `kernel_size` and `strides` (and optionally `dilation_rate`), e.g. an MBN layer.
     radius: the (already padded) input radius.
-    scale: `(C_out,)` tensor `c`.
-    padding: `"SAME"`/`"VALID"` as passed to the convolution, None for Dense.
+    scale: `(C_out,)` tensor `c` (or anything broadcastable to the output, e.g. a scalar).
+    padding: `"SAME"`/`"VALID"` as passed to the convolution, None for a dense map.
+
+    # Returns
+    The output radius.
     """
     summed = tf.reduce_sum(radius, axis=-1, keepdims=True)
-    if isinstance(layer, layers.Dense):
+    if padding is None or isinstance(layer, layers.Dense):
         return summed * scale
     ones = tf.ones((*layer.kernel_size, 1, 1), radius.dtype)
     window = tf.nn.convolution(summed, ones, strides=layer.strides, padding=padding,
-                               dilations=layer.dilation_rate)
+                               dilations=getattr(layer, "dilation_rate", None))
     return window * scale
 
 
@@ -370,7 +473,7 @@ def binary_radius_exact(layer, radius, magnitude, padding):
             with tf.GradientTape(persistent=True) as tape:
                 tape.watch([radius, magnitude])
                 fast = binary_radius(layer, radius, tf.stop_gradient(scale), padding)
-                generic = _linear_op(layer, tf.stop_gradient(radius), magnitude, padding)
+                generic = linear_op(layer, tf.stop_gradient(radius), magnitude, padding)
             return (tape.gradient(fast, radius, output_gradients=g),
                     tape.gradient(generic, magnitude, output_gradients=g))
 
@@ -384,7 +487,7 @@ def _radius_op(layer, radius, kernel, padding):
         raise ValueError(
             f"larq_l1inf.ibp.BINARY_RADIUS must be one of {BINARY_RADIUS_MODES}, got "
             f"{BINARY_RADIUS!r}.")
-    generic = lambda: _linear_op(layer, radius, tf.abs(kernel), padding)  # noqa: E731
+    generic = lambda: linear_op(layer, radius, tf.abs(kernel), padding)  # noqa: E731
     if BINARY_RADIUS == "generic" or not _binary_quantizer(layer, kernel):
         return generic()
     scale, constant = channel_scale(kernel)
@@ -398,14 +501,24 @@ def _radius_op(layer, radius, kernel, padding):
     return tf.cond(constant, fast, generic)
 
 
-def _read_kernel(layer, attr):
-    # Inside quantized_scope a larq QuantizedVariable reads as its quantizer's forward output,
-    # with the quantizer's STE gradient to the latent weights.
+def read_kernel(layer):
+    """The kernel a layer computes with: a larq `QuantizedVariable` read inside
+    `larq.context.quantized_scope`, i.e. its quantizer's forward output with the quantizer's
+    straight-through gradient to the latent weights; `depthwise_kernel` for depthwise layers.
+
+    # Arguments
+    layer: a Dense, Conv or DepthwiseConv layer (larq `Quant*` or Keras).
+
+    # Returns
+    A tensor.
+    """
+    attr = "depthwise_kernel" if isinstance(
+        layer, (layers.DepthwiseConv2D, layers.DepthwiseConv1D)) else "kernel"
     with lq.context.quantized_scope(True):
         return tf.convert_to_tensor(getattr(layer, attr))
 
 
-def _affine_layer(layer, box, training=False):
+def _check_affine(layer):
     if isinstance(layer, (*_CONV_TRANSPOSE, layers.SeparableConv1D, layers.SeparableConv2D)):
         raise UnsupportedLayerError(
             f"Layer {layer.name!r} ({type(layer).__name__}) is not supported by IBP yet; use "
@@ -418,9 +531,27 @@ def _affine_layer(layer, box, training=False):
     if getattr(layer, "groups", 1) != 1:
         raise UnsupportedLayerError(
             f"Layer {layer.name!r}: grouped convolutions are not supported.")
-    depthwise = isinstance(layer, (layers.DepthwiseConv2D, layers.DepthwiseConv1D))
-    box = _quantize(layer, getattr(layer, "input_quantizer", None), box)
-    kernel = _read_kernel(layer, "depthwise_kernel" if depthwise else "kernel")
+
+
+def affine_interval(layer, box, kernel=None):
+    r"""The `Interval` of an affine layer's linear part and bias (no input quantizer, no
+    activation) for an input `box`: $\mu' = W\mu + b,\ r' = |W| r$, the padding of the
+    centre filled with the layer's `pad_values`, of the radius with zeros; `|W| r` of a binary
+    kernel as `BINARY_RADIUS` says.
+
+    # Arguments
+    layer: a Dense, Conv1D/2D/3D or DepthwiseConv1D/2D layer (larq `Quant*` or Keras).
+    box: the `Interval` of its (quantized) input.
+    kernel: the kernel to use; default `read_kernel(layer)`.
+
+    # Returns
+    An `Interval` in centre/radius form.
+
+    # Raises
+    UnsupportedLayerError: for transposed or separable convolutions, channels_first or groups.
+    """
+    _check_affine(layer)
+    kernel = read_kernel(layer) if kernel is None else kernel
     if box.is_centred:
         centre, radius, half = box.centre, box.radius, 1.0
     else:
@@ -428,59 +559,78 @@ def _affine_layer(layer, box, training=False):
         # folded into the small kernel instead of two multiplications of the large input.
         centre, radius, half = box.upper + box.lower, box.upper - box.lower, 0.5
         kernel = kernel * half
-    padding = None
-    if not isinstance(layer, layers.Dense):
-        padding = layer.padding.upper()
-        pad_value = getattr(layer, "pad_values", 0.0)
-        if half != 1.0:
-            pad_value = pad_value / half
-        if padding == "CAUSAL":
-            left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
-            spec = [[0, 0], [left, 0], [0, 0]]
-            centre, radius, padding = tf.pad(centre, spec), tf.pad(radius, spec), "VALID"
-        elif padding == "SAME" and not (not tf.is_tensor(pad_value) and pad_value == 0.0):
-            # larq pads the quantized input with the constant pad_values: exact, radius 0 there
-            # (TF's own zero "SAME" padding, so the radius is not padded explicitly).
-            spec = _same_padding(layer, centre.shape)
-            centre = tf.pad(centre, spec, constant_values=tf.cast(pad_value, centre.dtype))
-            out_centre = _linear_op(layer, centre, kernel, "VALID")
-            return _finish(layer, out_centre, _radius_op(layer, radius, kernel, padding))
-    out_centre = _linear_op(layer, centre, kernel, padding)
-    return _finish(layer, out_centre, _radius_op(layer, radius, kernel, padding))
-
-
-def _finish(layer, out_centre, out_radius):
+    pad_value = 0.0 if isinstance(layer, layers.Dense) else getattr(layer, "pad_values", 0.0)
+    out_centre = linear_map(layer, centre, kernel, pad_value / half)
+    # larq pads the quantized input with the constant pad_values: radius 0 there (TF's own
+    # zero "SAME" padding, so the radius is not padded explicitly).
+    radius, padding = _pad_input(layer, radius, 0.0)
+    out_radius = _radius_op(layer, radius, kernel, padding)
     if getattr(layer, "use_bias", False) and layer.bias is not None:
         out_centre = out_centre + layer.bias
-    return _activate(layer, layer.activation, Interval.from_centre(out_centre, out_radius))
+    return Interval.from_centre(out_centre, out_radius)
 
 
-def _broadcast(layer, v, rank):
+def _affine_layer(layer, box, training=False):
+    _check_affine(layer)
+    box = quantizer_interval(layer, getattr(layer, "input_quantizer", None), box)
+    return _activate(layer, layer.activation, affine_interval(layer, box))
+
+
+def _batch_norm_moments(layer, centre, training):
+    """(mean, variance) BatchNormalization normalises with: the moving averages, or in
+    training mode the batch statistics of the box centres as constants."""
+    rank = centre.shape.rank
     axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-    axes = [a % rank for a in axes]
-    if axes != [rank - 1]:
+    if [a % rank for a in axes] != [rank - 1]:
         raise UnsupportedLayerError(
             f"Layer {layer.name!r}: BatchNormalization over axis {layer.axis} is not supported "
             "(channels_last, axis=-1 only)."
         )
-    return v
+    if training:
+        # Batch statistics of the box centres, treated as the batch's constants; at epsilon = 0
+        # they equal those of the clean batch (decision of this module, see docs/readme/ibp.md).
+        mean, var = tf.nn.moments(centre, list(range(rank - 1)))
+        return tf.stop_gradient(mean), tf.stop_gradient(var)
+    return layer.moving_mean, layer.moving_variance
+
+
+def _batch_norm_scale_shift(layer, mean, var):
+    scale = tf.math.rsqrt(var + layer.epsilon)
+    if layer.gamma is not None:
+        scale = scale * layer.gamma
+    shift = -mean * scale
+    if layer.beta is not None:
+        shift = shift + layer.beta
+    return scale, shift
+
+
+def batch_norm_affine(layer, centre, training=False):
+    r"""BatchNormalization as the affine map IBP bounds it by, $y = s \odot x + t$ per channel:
+
+    $$s = \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}},\quad t = \beta - \mu s$$
+
+    with the moving averages $(\mu, \sigma^2)$, or in training mode the batch statistics of
+    the box centres (constants in the backward pass).
+
+    # Arguments
+    layer: a `BatchNormalization` layer over the last axis.
+    centre: the centre of its input box (for the training-mode statistics).
+    training: batch statistics instead of the moving averages.
+
+    # Returns
+    `(scale, shift)`, each of shape `(channels,)`.
+
+    # Raises
+    UnsupportedLayerError: for normalisation over another axis than the last.
+    """
+    return _batch_norm_scale_shift(layer, *_batch_norm_moments(layer, centre, training))
 
 
 def _batch_norm(layer, box, training=False):
     centre, radius = box.centre, box.radius
     rank = centre.shape.rank
-    _broadcast(layer, None, rank)  # channels_last only
-    if training:
-        # Batch statistics of the box centres, treated as the batch's constants; at epsilon = 0
-        # they equal those of the clean batch (decision of this module, see docs/readme/ibp.md).
-        axes = list(range(rank - 1))
-        mean, var = tf.nn.moments(centre, axes)
-        mean, var = tf.stop_gradient(mean), tf.stop_gradient(var)
-    else:
-        mean, var = layer.moving_mean, layer.moving_variance
-    scale = tf.math.rsqrt(var + layer.epsilon)
-    if layer.gamma is not None:
-        scale = scale * layer.gamma
+    mean, var = _batch_norm_moments(layer, centre, training)
+    scale, shift = _batch_norm_scale_shift(layer, mean, var)
     out_radius = radius * tf.abs(scale)
     if 2 <= rank <= 5 and layer.epsilon > 1.001e-5 and centre.dtype == tf.float32:
         # One fused op (and one for its gradient) instead of a chain of broadcasts: the same
@@ -494,9 +644,6 @@ def _batch_norm(layer, box, training=False):
             variance=var, epsilon=layer.epsilon, is_training=False,
             data_format="NHWC" if rank <= 4 else "NDHWC")
         return Interval.from_centre(tf.reshape(out, shape) if rank < 4 else out, out_radius)
-    shift = -mean * scale
-    if layer.beta is not None:
-        shift = shift + layer.beta
     return Interval.from_centre(centre * scale + shift, out_radius)
 
 
@@ -509,16 +656,18 @@ def _rescaling(layer, box, training=False):
 # Rules: layer class -> function(layer, inputs, training) -> Interval
 # --------------------------------------------------------------------------------------------
 
-_IDENTITY = (layers.Dropout, layers.SpatialDropout1D, layers.SpatialDropout2D,
+#: Layers that are the identity at inference (and are bounded as the identity in training too).
+IDENTITY_LAYERS = (layers.Dropout, layers.SpatialDropout1D, layers.SpatialDropout2D,
              layers.SpatialDropout3D, layers.GaussianNoise, layers.GaussianDropout,
              layers.AlphaDropout, layers.ActivityRegularization)
 # Monotone (non-decreasing in every input), so [f(l), f(u)] bounds them: pooling, reshaping.
 _ENDPOINT = (layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D,
              layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D,
              layers.Normalization)
-# Linear with non-negative coefficients: f(mu) and f(r) are the exact centre and radius, so a
-# box already in centre/radius form (after an affine layer) is not converted twice.
-_LINEAR_NONNEGATIVE = (
+#: Parameter-free linear layers with non-negative coefficients (average pooling, reshaping,
+#: padding, cropping, upsampling): f(mu) and f(r) are the exact centre and radius, so a box in
+#: centre/radius form (after an affine layer) is not converted twice.
+LINEAR_LAYERS = (
     layers.AveragePooling1D, layers.AveragePooling2D, layers.AveragePooling3D,
     layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D, layers.GlobalAveragePooling3D,
     layers.Flatten, layers.Reshape, layers.Permute, layers.ZeroPadding1D, layers.ZeroPadding2D,
@@ -588,7 +737,7 @@ def _leaky(layer, box, training):
 
 
 def _quantizer_layer(layer, box, training):
-    return _quantize(layer, layer, box, "forward pass")
+    return quantizer_interval(layer, layer, box, "forward pass")
 
 
 def _base_rules():
@@ -600,9 +749,9 @@ def _base_rules():
         (layers.Activation, _single(_activation_layer)),
         (layers.ReLU, _single(_relu_layer)),
         ((layers.LeakyReLU, layers.PReLU, layers.ELU), _single(_leaky)),
-        (_IDENTITY, _single(lambda layer, box, training: box)),
+        (IDENTITY_LAYERS, _single(lambda layer, box, training: box)),
         (_ENDPOINT, _single(lambda layer, box, training: box.map(layer))),
-        (_LINEAR_NONNEGATIVE, _single(_linear_nonnegative)),
+        (LINEAR_LAYERS, _single(_linear_nonnegative)),
         ((*_MERGE_ENDPOINT, layers.Subtract), _merge),
         (lq.quantizers.Quantizer, _single(_quantizer_layer)),
     ]
@@ -670,6 +819,24 @@ def _variant_rules():
 _variant_rules()
 
 
+def apply_rule(layer, inputs, training=False):
+    """The `Interval` of one layer's output by its interval rule (built-in or registered with
+    `register_interval_rule`), the same rule `propagate` applies to the layer in a model.
+
+    # Arguments
+    layer: a Keras layer (not a model).
+    inputs: its input `Interval`, or a list of them for a merge layer.
+    training: BatchNormalization with batch statistics of the box centres.
+
+    # Returns
+    An `Interval`.
+
+    # Raises
+    UnsupportedLayerError: for a layer without a rule, naming it.
+    """
+    return _rule_for(layer)(layer, inputs, training)
+
+
 def _rule_for(layer):
     for cls, fn in _RULES:
         if isinstance(layer, cls):
@@ -694,8 +861,10 @@ def _is_softmax(layer):
     return isinstance(layer, layers.Activation) and layer.activation in _SOFTMAX
 
 
-def _nodes(model):
-    """(layer, input ids, output ids) of a functional model, inputs first.
+def graph_nodes(model):
+    """`(layer, input ids, output ids)` of a functional model in execution order, inputs first
+    (input layers left out); ids are the keys Keras gives tensors (`str(id(tensor))` for the
+    model's inputs and outputs).
 
     Keras 2 keeps the graph in private attributes (`_nodes_by_depth`, node ids); its own
     `Functional._run_internal_graph` walks them the same way.
@@ -724,8 +893,8 @@ def _apply(layer, inputs, training, last):
             layer, layers.Activation):
         # Bound the pre-softmax logits: the same layer with a linear activation.
         with _patched(layer, "activation", tf.keras.activations.linear):
-            return _rule_for(layer)(layer, inputs, training)
-    return _rule_for(layer)(layer, inputs, training)
+            return apply_rule(layer, inputs, training)
+    return apply_rule(layer, inputs, training)
 
 
 class _patched:
@@ -775,7 +944,7 @@ def propagate(model, box, training=False, logits=True, until=None):
             f"Model {model.name!r} has {len(model.inputs)} inputs, got {len(boxes)} boxes.")
     for tensor, b in zip(model.inputs, boxes):
         values[str(id(tensor))] = b
-    for layer, in_ids, out_ids in _nodes(model):
+    for layer, in_ids, out_ids in graph_nodes(model):
         inputs = [values[i] for i in in_ids]
         if layer is until:
             return inputs[0] if len(inputs) == 1 else inputs
@@ -909,8 +1078,8 @@ def certified_margin(model, x, y, epsilon, clip=(0.0, 1.0), training=False, fold
         others = tf.where(onehot > 0, tf.fill(tf.shape(out.upper), -np.inf), out.upper)
         return lower_y - tf.reduce_max(others, axis=-1)
     h = propagate(model, box, training=training, until=head)
-    h = _quantize(head, getattr(head, "input_quantizer", None), h)
-    kernel = _read_kernel(head, "kernel")  # (in, classes)
+    h = quantizer_interval(head, getattr(head, "input_quantizer", None), h)
+    kernel = read_kernel(head)  # (in, classes)
     classes = kernel.shape[-1]
     w_y = tf.transpose(tf.gather(kernel, y, axis=1))  # (batch, in)
     diff = w_y[:, :, None] - kernel[None]  # (batch, in, classes): w_y - w_j
