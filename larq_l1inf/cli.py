@@ -512,7 +512,7 @@ def register_train(subparsers):
     add("--pgd-iterations", type=int, help="PGD steps (default 20)")
     add("--convert", action=argparse.BooleanOptionalAction,
         help="convert with LCE and evaluate the flatbuffer (default on)")
-    add("--robust", choices=("none", "ibp", "pgd", "noise"),
+    add("--robust", choices=("none", "ibp", "crown-ibp", "pgd", "noise"),
         help="GM robust training (larq_l1inf.robust.GMRobustModel) with this robust term "
              "(default none); the saved model is the inner model")
     add("--robust-epsilon", type=float, nargs="+", metavar="E",
@@ -523,7 +523,11 @@ def register_train(subparsers):
     add("--gm-kappa", type=float, help="GM final balance of clean and robust loss (default 0.5)")
     add("--gm-warmup-epochs", type=int, help="GM clean-only warm-up epochs (default 0)")
     add("--gm-rampup-epochs", type=int,
-        help="GM epochs over which epsilon and kappa reach their final values (default 0)")
+        help="GM epochs over which epsilon and kappa (and beta) reach their final values "
+             "(default 0)")
+    add("--gm-final-beta", type=float, metavar="B",
+        help="--robust crown-ibp: final weight of the CROWN-IBP bound against IBP (eq. 17), "
+             "in [0, 1]; beta moves from 1 to B over the ramp-up (default 1, the paper's)")
     add("--convert-in-process", action="store_true", default=False,
         help="run the LCE converter in this process")
     parser.set_defaults(func=run_train, error=command_error)

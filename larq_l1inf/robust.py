@@ -13,20 +13,21 @@ $$\mathcal{L}_{rob} = \sum_{i=1}^{N} c_i\, \mathcal{L}(-\underline{m}(x, r_i); y
 r_i = \frac{i}{N}\epsilon,\quad c_1 \ge c_2 \ge \dots \ge c_N,\quad \sum_i c_i = 1.$$
 
 `GMRobustModel` wraps a model and computes this loss in its `train_step`, with the robust
-term `\mathcal{L}(-\underline{m}(x, r); y)` taken from one of three sources:
+term `\mathcal{L}(-\underline{m}(x, r); y)` taken from one of four sources:
 
-- `"ibp"`: interval bound propagation (`larq_l1inf.ibp.interval_bounds`), the worst-case
-  logits (upper bounds for the wrong classes, lower bound for the true class) in the
-  cross-entropy, as IBP training does (eq. 16);
+- `"ibp"`: the margin bounds $\underline{m}$ of interval bound propagation, with the last
+  Dense layer folded into the margin as IBP training does (Gowal et al.'s elision of the last
+  layer; `larq_l1inf.crown.margin_bounds` with `beta=0`), in the cross-entropy (eq. 16);
+- `"crown-ibp"`: the mixed margin bounds of eq. 17,
+  $\beta_t \underline{m}_{\mathrm{CROWN\text{-}IBP}} + (1 - \beta_t) \underline{m}_{\mathrm{IBP}}$
+  (`larq_l1inf.crown.margin_bounds`), with $\beta_t$ moving from 1 to `final_beta` during
+  the epsilon ramp-up as in CROWN-IBP's code (one $\beta_t$ for all sub-perturbations);
 - `"pgd"`: an L-inf PGD adversary of radius `r_i` (Madry et al.), run inside the graph
   (`pgd_perturbation`; `larq_l1inf.attacks.pgd` works on NumPy batches and cannot run
   inside a `tf.function` train step);
 - `"noise"`: the environmental noise of the L1,inf paper's Algorithm 1
   (`larq_l1inf.noise.environmental_noise`) at strength `r_i`, one fresh draw per
   sub-perturbation and sample: not a worst case, but the noise our users face.
-
-CROWN-IBP (eq. 17) is not implemented: its linear relaxations exist for ReLU / hard-tanh
-float layers only, and a BNN's sign activations would fall back to IBP anyway.
 
 # References
 - Z. Liang, T. Wu, W. Liu, B. Xue, W. Yang, J. Wang, Z. Pang. Towards robust neural networks
@@ -35,6 +36,8 @@ float layers only, and a BNN's sign activations would fall back to IBP anyway.
   eq. 15-16 and 18-20, section 4.3.
 - S. Gowal et al. On the Effectiveness of Interval Bound Propagation for Training Verifiably
   Robust Models. arXiv:1810.12715, 2018.
+- H. Zhang et al. Towards Stable and Efficient Training of Verifiably Robust Neural Networks
+  (CROWN-IBP). ICLR 2020, sec. 3-4 (the beta schedule).
 - A. Madry et al. Towards Deep Learning Models Resistant to Adversarial Attacks. ICLR 2018.
 """
 
@@ -72,7 +75,9 @@ WEIGHTINGS = {
 }
 
 #: Sources of the robust term.
-ROBUST_TERMS = ("ibp", "pgd", "noise")
+ROBUST_TERMS = ("ibp", "crown-ibp", "pgd", "noise")
+#: The robust terms computed from certified margin bounds (`larq_l1inf.crown.margin_bounds`).
+BOUND_TERMS = ("ibp", "crown-ibp")
 
 
 def _check_size(robustness_size):
@@ -205,6 +210,10 @@ def worst_case_logits(lower, upper, y):
     # Returns
         Tensor `(B, C)`.
 
+    GM training's `"ibp"` term uses the tighter margin bounds with the last Dense layer folded
+    in (`larq_l1inf.crown.margin_bounds` with `beta=0`); these worst-case logits are for
+    bounds of the logits alone (`larq_l1inf.ibp.interval_bounds`).
+
     # References
         - Gowal et al. 2018, eq. 6-7; Liang et al., FITEE 2023, eq. 4 and 16.
     """
@@ -308,6 +317,24 @@ def _check_epsilon(epsilon, robust):
     return value, value
 
 
+def _check_final_beta(final_beta):
+    if isinstance(final_beta, bool) or not isinstance(final_beta, numbers.Real) or not (
+            0.0 <= final_beta <= 1.0):
+        raise ValueError(
+            f"`final_beta` must be a number in [0, 1]: the weight of the CROWN-IBP bound against "
+            f"the IBP bound (eq. 17) at the end of the ramp-up (1 = CROWN-IBP only, as in all of "
+            f"Liang et al.'s runs; 0 = IBP at the end), got {final_beta!r}.")
+    return float(final_beta)
+
+
+def _int_labels(y):
+    """Integer labels `(B,)` of sparse `(B,)`/`(B, 1)` or one-hot `(B, C)` targets."""
+    y = tf.convert_to_tensor(y)
+    if y.shape.rank == 2 and y.shape[-1] is not None and y.shape[-1] > 1:
+        return tf.argmax(y, axis=-1, output_type=tf.int32)
+    return tf.reshape(tf.cast(y, tf.int32), [-1])
+
+
 def _check_steps(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"`{name}` must be an int >= 0 (optimizer steps), got {value!r}.")
@@ -324,21 +351,27 @@ class GMRobustModel(tf.keras.Model):
     \mathcal{L}_{rob}(x, y, r_i) + \sum \text{model.losses},\qquad
     r_i = \frac{i}{N}\, \epsilon_t$$
 
-    with `c_i = gm_weights(N, weighting)` and the robust term from IBP, PGD or Algorithm 1
-    noise (module docstring). The wrapped model's own losses (e.g. an `L1InfRegularizer` on
-    its binary kernels) are added unweighted, so GM training composes with the L1,inf
-    penalty. Each sub-perturbation is one pass of the batch (IBP, PGD or a noisy forward).
+    with `c_i = gm_weights(N, weighting)` and the robust term from IBP, CROWN-IBP, PGD or
+    Algorithm 1 noise (module docstring); for the two bound terms
+    $\mathcal{L}_{rob}(x, y, r) = \mathrm{CE}(-\underline{m}(x, r), y)$ with the margin
+    bounds of `larq_l1inf.crown.margin_bounds`. The wrapped model's own losses (e.g. an
+    `L1InfRegularizer` on its binary kernels) are added unweighted, so GM training composes
+    with the L1,inf penalty. Each sub-perturbation is one pass of the batch (IBP, CROWN-IBP,
+    PGD or a noisy forward).
 
     Schedule, driven by the optimizer's step counter `t` (so it resumes with the optimizer):
     a warm-up of `warmup_steps` steps trains on the clean loss only ("training without
     Loss_rob", section 3.1); then, over `rampup_steps` steps, $\epsilon_t$ grows linearly
     from $\epsilon/$`rampup_steps` to `epsilon` and, with `ramp_kappa`, $\kappa_t$ falls
-    linearly from 1 to `kappa` (as the CROWN-IBP code the paper builds on does); after that
-    both stay at their final values.
+    linearly from 1 to `kappa` (as the CROWN-IBP code the paper builds on does); for
+    `"crown-ibp"` the weight of eq. 17 moves from 1 to `final_beta` alike,
+    $\beta_t = 1 - (1 - \beta_{final})\,\epsilon_t / \epsilon$; after that all stay at
+    their final values.
 
     `fit` logs `loss` (the total), `clean_loss`, `robust_loss` ($\sum_i c_i
     \mathcal{L}_{rob}$), `penalty` (the model's own losses), `epsilon` ($\epsilon_t$, the
-    upper end for a noise range) and `kappa` ($\kappa_t$), each averaged over the epoch, and
+    upper end for a noise range), `kappa` ($\kappa_t$) and for `"crown-ibp"` `beta`
+    ($\beta_t$), each averaged over the epoch, and
     the compiled metrics on the clean outputs. `evaluate` computes the same at the final
     `epsilon` and `kappa` with the model in inference mode. `predict` and `call` run the
     wrapped model. Save, convert or deploy `gm_model.model` (an ordinary larq/Keras model, any
@@ -375,10 +408,10 @@ class GMRobustModel(tf.keras.Model):
     # Arguments
         model: the Keras model to train (larq layers welcome); outputs logits or a softmax.
         epsilon: the final perturbation size $\epsilon$, in the model's input units: an
-            L-inf radius for `"ibp"` and `"pgd"`; for `"noise"` Algorithm 1's shift, a number
-            or a `(lo, hi)` range (then sub-perturbation `i` draws from
+            L-inf radius for `"ibp"`, `"crown-ibp"` and `"pgd"`; for `"noise"` Algorithm 1's
+            shift, a number or a `(lo, hi)` range (then sub-perturbation `i` draws from
             $U[r\,lo, r\,hi]$, $r = i t / N$).
-        robust: source of the robust term, `"ibp"`, `"pgd"` or `"noise"`.
+        robust: source of the robust term, `"ibp"`, `"crown-ibp"`, `"pgd"` or `"noise"`.
         robustness_size: `N >= 1`, the number of sub-perturbations (the paper's "robustness
             size"; it used 5, 10, 20, with little difference, fig. 4c).
         weighting: the weights `c_i`, see `gm_weights`: `"1/sqrt"` (default; with `"1/ln"`
@@ -396,11 +429,16 @@ class GMRobustModel(tf.keras.Model):
         pgd_iterations: PGD steps per training step (>= 1).
         noise_kwargs: further arguments of `environmental_noise` (`points`, `prob`).
         seed: int seed of the noise draws and PGD random starts, or None.
+        final_beta: for `"crown-ibp"`, the weight $\beta$ of the CROWN-IBP bound against the
+            IBP bound (eq. 17) at the end of the ramp-up, in [0, 1]; default 1 (CROWN-IBP
+            only, Liang et al.'s setting for all runs). Ignored, with a warning, by the
+            other terms.
 
     # Raises
         ValueError: for a negative epsilon, a range outside `"noise"`, `kappa` outside
-            (0, 1), `N < 1`, an unknown robust term or weighting, negative schedule steps,
-            and, for `"ibp"`, a model IBP cannot bound (`larq_l1inf.ibp`'s
+            (0, 1), `final_beta` outside [0, 1], `N < 1`, an unknown robust term or
+            weighting, negative schedule steps, and, for `"ibp"` and `"crown-ibp"`, a model
+            IBP cannot bound (`larq_l1inf.ibp`'s
             `UnsupportedLayerError`, naming the layer).
         TypeError: for a model that is not a Keras model.
 
@@ -408,14 +446,16 @@ class GMRobustModel(tf.keras.Model):
         - Z. Liang, T. Wu, W. Liu, B. Xue, W. Yang, J. Wang, Z. Pang. Towards robust neural
           networks via a global and monotonically decreasing robustness training strategy.
           Frontiers of Information Technology & Electronic Engineering, 2023, eq. 15-16,
-          18-20, section 3.1 (warm-up / ramp-up), section 4.3 (weights) and appendix
-          (final kappa 0.5).
+          17-20, section 3.1 (warm-up / ramp-up), section 4.3 (weights) and appendix
+          (final kappa 0.5, final beta 1).
+        - H. Zhang et al. Towards Stable and Efficient Training of Verifiably Robust Neural
+          Networks. ICLR 2020, sec. 3-4 (beta from 1 to its final value with epsilon).
     """
 
     def __init__(self, model, epsilon, robust="ibp", robustness_size=5, weighting="1/sqrt",
                  kappa=0.5, warmup_steps=0, rampup_steps=0, ramp_kappa=True,
                  clip=(0.0, 1.0), pgd_step_size=None, pgd_iterations=7, noise_kwargs=None,
-                 seed=None, **kwargs):
+                 seed=None, final_beta=1.0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(model, tf.keras.Model):
             raise TypeError(
@@ -456,6 +496,10 @@ class GMRobustModel(tf.keras.Model):
         self.pgd_iterations = int(pgd_iterations)
         self.noise_kwargs = dict(noise_kwargs or {})
         self.seed = None if seed is None else int(seed)
+        self.final_beta = _check_final_beta(final_beta)
+        if self.final_beta != 1.0 and robust != "crown-ibp":
+            log.warning("GMRobustModel: final_beta=%s is ignored by robust=%r; it weighs the "
+                        "CROWN-IBP bound of robust='crown-ibp'.", self.final_beta, robust)
         self._from_logits = not ends_in_softmax(model)
         self._check_model()
         self._generator = (tf.random.Generator.from_seed(self.seed) if self.seed is not None
@@ -463,6 +507,7 @@ class GMRobustModel(tf.keras.Model):
         self._trackers = {
             name: tf.keras.metrics.Mean(name=name)
             for name in ("loss", "clean_loss", "robust_loss", "penalty", "epsilon", "kappa")
+            + (("beta",) if robust == "crown-ibp" else ())
         }
         # Metric attributes are tracked by Keras: they appear in `metrics` and reset per epoch.
         self.loss_tracker = self._trackers["loss"]
@@ -471,6 +516,8 @@ class GMRobustModel(tf.keras.Model):
         self.penalty_tracker = self._trackers["penalty"]
         self.epsilon_tracker = self._trackers["epsilon"]
         self.kappa_tracker = self._trackers["kappa"]
+        if robust == "crown-ibp":
+            self.beta_tracker = self._trackers["beta"]
 
     def _check_model(self):
         """Fail at construction, not in the first step: bound / perturb one dummy input."""
@@ -478,15 +525,17 @@ class GMRobustModel(tf.keras.Model):
         if not isinstance(shape, tuple) or any(d is None for d in shape[1:]):
             return
         x0 = tf.zeros((1,) + tuple(shape[1:]))
-        if self.robust == "ibp":
-            from larq_l1inf import ibp
+        if self.robust in BOUND_TERMS:
+            from larq_l1inf import crown, ibp
 
             try:
-                ibp.interval_bounds(self.model, x0, 0.0, clip=self.clip)
+                # beta 0.5 runs both passes of eq. 17 (0: the IBP pass only).
+                crown.margin_bounds(self.model, x0, tf.zeros((1,), tf.int32), 0.0,
+                                    clip=self.clip, beta=0.5 if self.robust == "crown-ibp" else 0.0)
             except ibp.UnsupportedLayerError as e:
                 raise type(e)(
-                    f"{e} GM training with robust='ibp' needs bounds through every layer; "
-                    "use robust='pgd' or robust='noise' for this model."
+                    f"{e} GM training with robust={self.robust!r} needs bounds through every "
+                    "layer; use robust='pgd' or robust='noise' for this model."
                 ) from e
         elif self.robust == "noise":
             noise_lib.environmental_noise(x0, self.epsilon, seed=0, **self.noise_kwargs)
@@ -530,6 +579,28 @@ class GMRobustModel(tf.keras.Model):
             kappa = tf.where(step >= warm, self.kappa, 1.0)
         return ramp, kappa
 
+    def beta_schedule(self, ramp):
+        r"""Eq. 17's weight of the CROWN-IBP bound at a point of the ramp-up:
+
+        $$\beta_t = 1 - (1 - \beta_{final})\,\rho_t$$
+
+        with $\rho_t$ = `ramp` the fraction of `epsilon` reached: CROWN-IBP only while epsilon
+        is small, `final_beta` once it is reached (CROWN-IBP's code; the same $\beta_t$ for
+        all sub-perturbations of a step).
+
+        # Arguments
+            ramp: a number or float scalar tensor in [0, 1] (`schedule`'s first output).
+
+        # Returns
+            A Python float for a number `ramp` or `final_beta = 1`, else a float32 scalar
+            tensor (so a compiled step is traced once).
+        """
+        if self.final_beta == 1.0:
+            return 1.0  # a Python 1: margin_bounds then skips the IBP pass
+        if not tf.is_tensor(ramp):
+            return 1.0 - (1.0 - self.final_beta) * float(ramp)
+        return 1.0 - (1.0 - self.final_beta) * tf.cast(ramp, tf.float32)
+
     def penalty(self):
         """The wrapped model's own losses (kernel regularizers, e.g. the L1,inf penalty)."""
         losses = self.model.losses
@@ -547,7 +618,8 @@ class GMRobustModel(tf.keras.Model):
     # Plain TF ops with Python-level control flow only: AutoGraph conversion of the IBP walk
     # would only slow the trace down.
     @tf.autograph.experimental.do_not_convert
-    def sub_losses(self, x, y, ramp=1.0, sample_weight=None, training=False, seed=None):
+    def sub_losses(self, x, y, ramp=1.0, sample_weight=None, training=False, seed=None,
+                   beta=None):
         r"""Robust losses $\mathcal{L}_{rob}(x, y, r_i)$ for the `N` sub-perturbations.
 
         Sub-perturbation `i` has radius $r_i = \frac{i}{N}$ `ramp` `epsilon` and its own
@@ -567,6 +639,8 @@ class GMRobustModel(tf.keras.Model):
                 rows (Algorithm 1 at the scaled epsilon: the noise is linear in epsilon).
                 PGD: sub-perturbation `i` starts from the seed
                 `tf.random.experimental.stateless_fold_in(seed, i - 1)`.
+            beta: for `"crown-ibp"`, eq. 17's weight (number or scalar tensor); default
+                `beta_schedule(ramp)`.
 
         # Returns
             float32 tensor `(N,)`.
@@ -576,6 +650,14 @@ class GMRobustModel(tf.keras.Model):
         n = self.robustness_size
         batch = tf.shape(x)[0]
         seed = self._generator.make_seeds(1)[:, 0] if seed is None else seed_pair(seed)
+        if self.robust in BOUND_TERMS:
+            from larq_l1inf import crown
+
+            labels = _int_labels(y)
+            if self.robust == "ibp":
+                beta = 0.0
+            elif beta is None:
+                beta = self.beta_schedule(ramp)
         if self.robust == "noise":
             tiled = tf.concat([tf.shape(x)[:1] * n, tf.shape(x)[1:]], 0)
             unit = noise_lib.environmental_noise(tf.zeros(tiled, x.dtype), self.epsilon,
@@ -583,12 +665,11 @@ class GMRobustModel(tf.keras.Model):
         losses = []
         for i in range(1, n + 1):
             fraction = tf.cast(ramp, tf.float32) * (i / n)
-            if self.robust == "ibp":
-                from larq_l1inf import ibp
-
-                lower, upper = ibp.interval_bounds(self.model, x, fraction * self._epsilon_max,
-                                                   clip=self.clip, training=training)
-                ce = _sample_ce(y, worst_case_logits(lower, upper, y), from_logits=True)
+            if self.robust in BOUND_TERMS:
+                # One rule for both bound terms: eq. 16's CE of the logits -m (0 at y).
+                margins = crown.margin_bounds(self.model, x, labels, fraction * self._epsilon_max,
+                                              clip=self.clip, beta=beta, training=training)
+                ce = _sample_ce(labels, -margins, from_logits=True)
             else:
                 if self.robust == "pgd":
                     x_rob = pgd_perturbation(
@@ -604,14 +685,14 @@ class GMRobustModel(tf.keras.Model):
 
     @tf.autograph.experimental.do_not_convert
     def gm_loss(self, x, y, sample_weight=None, training=False, ramp=1.0, kappa=None,
-                seed=None):
+                seed=None, beta=None):
         r"""The GM loss of one batch and its parts.
 
         $$\mathcal{L} = \kappa\,\mathrm{CE}(f(x), y) + (1 - \kappa)\sum_i c_i
         \mathcal{L}_{rob}(x, y, r_i) + \text{penalty}$$
 
         # Arguments
-            x, y, sample_weight, training, seed: as `sub_losses`.
+            x, y, sample_weight, training, seed, beta: as `sub_losses`.
             ramp: fraction of `epsilon` reached (default 1: the final epsilon).
             kappa: blend (default: the final `kappa`).
 
@@ -622,7 +703,7 @@ class GMRobustModel(tf.keras.Model):
         kappa = self.kappa if kappa is None else kappa
         out = self.model(x, training=training)
         clean = self._mean(_sample_ce(y, out, self._from_logits), sample_weight)
-        sub = self.sub_losses(x, y, ramp, sample_weight, training, seed)
+        sub = self.sub_losses(x, y, ramp, sample_weight, training, seed, beta)
         robust = tf.reduce_sum(tf.constant(self.gm_weights, tf.float32) * sub)
         penalty = self.penalty()
         kappa = tf.cast(kappa, tf.float32)
@@ -637,6 +718,8 @@ class GMRobustModel(tf.keras.Model):
             self._trackers[name].update_state(parts[name])
         self.epsilon_tracker.update_state(ramp * self._epsilon_max)
         self.kappa_tracker.update_state(kappa)
+        if self.robust == "crown-ibp":
+            self.beta_tracker.update_state(self.beta_schedule(ramp))
         self.compiled_metrics.update_state(y, parts["outputs"], sample_weight)
         return {m.name: m.result() for m in self.metrics}
 
@@ -644,6 +727,7 @@ class GMRobustModel(tf.keras.Model):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         step = self.optimizer.iterations
         ramp, kappa = self.schedule(step)
+        beta = self.beta_schedule(ramp)
         seed = self._generator.make_seeds(1)[:, 0]
         with tf.GradientTape() as tape:
             if self.warmup_steps > 0:
@@ -655,7 +739,7 @@ class GMRobustModel(tf.keras.Model):
                 robust = tf.cond(
                     warm, lambda: tf.constant(0.0),
                     lambda: tf.reduce_sum(weights * self.sub_losses(
-                        x, y, ramp, sample_weight, training=True, seed=seed)))
+                        x, y, ramp, sample_weight, training=True, seed=seed, beta=beta)))
                 kappa = tf.where(warm, 1.0, kappa)
                 penalty = self.penalty()
                 parts = {"loss": kappa * clean + (1.0 - kappa) * robust + penalty,
@@ -663,7 +747,7 @@ class GMRobustModel(tf.keras.Model):
                          "outputs": out}
             else:
                 parts = self.gm_loss(x, y, sample_weight, training=True, ramp=ramp,
-                                     kappa=kappa, seed=seed)
+                                     kappa=kappa, seed=seed, beta=beta)
         self.optimizer.minimize(parts["loss"], self.model.trainable_variables, tape=tape)
         return self._update(parts, ramp, kappa, y, sample_weight)
 
@@ -689,6 +773,7 @@ class GMRobustModel(tf.keras.Model):
             "pgd_iterations": self.pgd_iterations,
             "noise_kwargs": dict(self.noise_kwargs),
             "seed": self.seed,
+            "final_beta": self.final_beta,
             "name": self.name,
         }
 

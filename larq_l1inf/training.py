@@ -78,7 +78,7 @@ REGULARIZERS = ("none", "l1inf", "l1", "spectral", "absum", "lcr")
 #: trained.
 RUNTIME_KEYS = ("out_dir", "verbose", "distribute")
 #: `TrainConfig.robust`: no robust training, or GM training with this robust term.
-ROBUST = ("none", "ibp", "pgd", "noise")
+ROBUST = ("none", "ibp", "crown-ibp", "pgd", "noise")
 
 
 class ConfigMismatchError(ValueError):
@@ -133,11 +133,13 @@ class TrainConfig:
     pgd_epsilon, pgd_iterations: PGD of the evaluation (None: no PGD).
     convert: convert the final model with LCE and evaluate the flatbuffer too.
     robust: `"none"`, or train with GM robust training (`larq_l1inf.robust.GMRobustModel`)
-        whose robust term is `"ibp"`, `"pgd"` or `"noise"`.
+        whose robust term is `"ibp"`, `"crown-ibp"`, `"pgd"` or `"noise"`.
     robust_epsilon: GM's final perturbation size: a number, or `[lo, hi]` (`"noise"` only).
     gm_n, gm_weights, gm_kappa: GM's robustness size N, weighting `c_i` and final kappa.
     gm_warmup_epochs, gm_rampup_epochs: GM's clean-only warm-up and epsilon/kappa ramp-up,
         in epochs (times the steps per epoch give `GMRobustModel`'s step counts).
+    gm_final_beta: `"crown-ibp"` only: the weight of the CROWN-IBP bound against the IBP bound
+        (eq. 17) at the end of the ramp-up, in [0, 1] (default 1, the paper's).
     """
 
     variant: str = "bnn"
@@ -177,6 +179,7 @@ class TrainConfig:
     gm_kappa: float = 0.5
     gm_warmup_epochs: int = 0
     gm_rampup_epochs: int = 0
+    gm_final_beta: float = 1.0
 
     @classmethod
     def from_dict(cls, values):
@@ -271,13 +274,13 @@ class TrainConfig:
         if self.robust not in ROBUST:
             raise ValueError(f"`robust` must be one of {list(ROBUST)}, got {self.robust!r}.")
         gm_set = [k for k in ("robust_epsilon", "gm_n", "gm_weights", "gm_kappa",
-                              "gm_warmup_epochs", "gm_rampup_epochs")
+                              "gm_warmup_epochs", "gm_rampup_epochs", "gm_final_beta")
                   if getattr(self, k) != getattr(TrainConfig, k, None)]
         if self.robust == "none":
             if gm_set:
                 raise ValueError(
-                    f"{gm_set} are settings of GM robust training; add --robust ibp, pgd or "
-                    "noise (or drop them)."
+                    f"{gm_set} are settings of GM robust training; add --robust ibp, crown-ibp, "
+                    "pgd or noise (or drop them)."
                 )
             return
         if self.robust_epsilon is None:
@@ -297,6 +300,13 @@ class TrainConfig:
         _check_int(self.gm_rampup_epochs, "gm_rampup_epochs", 0)
         if not isinstance(self.gm_kappa, (int, float)) or not 0 < self.gm_kappa < 1:
             raise ValueError(f"`gm_kappa` must be in (0, 1), got {self.gm_kappa!r}.")
+        beta = self.gm_final_beta
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1:
+            raise ValueError(f"`gm_final_beta` must be in [0, 1] (1: CROWN-IBP only, the "
+                             f"paper's; 0: IBP at the end of the ramp-up), got {beta!r}.")
+        if beta != 1 and self.robust != "crown-ibp":
+            raise ValueError(f"--gm-final-beta weighs the CROWN-IBP bound of --robust crown-ibp; "
+                             f"drop it for --robust {self.robust}.")
 
 
 def _plain(value):
@@ -756,7 +766,8 @@ def gm_model(model, config, steps_per_epoch):
         model, epsilon=epsilon, robust=config.robust, robustness_size=config.gm_n,
         weighting=config.gm_weights, kappa=float(config.gm_kappa),
         warmup_steps=config.gm_warmup_epochs * steps_per_epoch,
-        rampup_steps=config.gm_rampup_epochs * steps_per_epoch, seed=config.seed)
+        rampup_steps=config.gm_rampup_epochs * steps_per_epoch, seed=config.seed,
+        final_beta=float(config.gm_final_beta))
 
 
 def _lcr_model(model, config, data, out_dir=None, verbose=0):

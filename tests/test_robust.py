@@ -23,9 +23,10 @@ from larq_l1inf.robust import (
 
 NAMES = list(WEIGHTINGS)
 STRICT = ["1/sqrt", "1/i", "1/i^2", "1/ln"]
-TERMS = ["noise", "pgd", "ibp"]
+TERMS = ["noise", "pgd", "ibp", "crown-ibp"]
+BOUNDS = ["ibp", "crown-ibp"]
 
-from larq_l1inf import ibp
+from larq_l1inf import crown, ibp
 
 
 def np_ce(logits_or_probs, y, from_logits=True):
@@ -150,6 +151,10 @@ class TestErrors:
         (dict(robust="noise", epsilon=(0.2, 0.1)), "lo <= hi"),
         (dict(warmup_steps=-1), "warmup_steps"),
         (dict(pgd_iterations=0), "pgd_iterations"),
+        (dict(robust="crown-ibp", final_beta=1.5), "final_beta"),
+        (dict(robust="crown-ibp", final_beta=-0.1), "final_beta"),
+        (dict(robust="crown-ibp", final_beta=True), "final_beta"),
+        (dict(robust="crown-ibp", final_beta="1"), "final_beta"),
     ])
     def test_bad_arguments(self, kwargs, match):
         args = {"epsilon": 0.1, "robust": "noise", **kwargs}
@@ -160,11 +165,17 @@ class TestErrors:
         with pytest.raises(TypeError, match="Keras model"):
             GMRobustModel(lambda x: x, epsilon=0.1, robust="noise")
 
-    def test_model_ibp_cannot_bound(self):
+    @pytest.mark.parametrize("term", BOUNDS)
+    def test_model_ibp_cannot_bound(self, term):
         model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Lambda(tf.square),
                                      tf.keras.layers.Dense(2)])
         with pytest.raises(ibp.UnsupportedLayerError, match="robust='pgd'"):
-            GMRobustModel(model, epsilon=0.1, robust="ibp")
+            GMRobustModel(model, epsilon=0.1, robust=term)
+
+    def test_final_beta_of_another_term_warns(self, caplog):
+        with caplog.at_level(logging.WARNING, logger="larq_l1inf.robust"):
+            GMRobustModel(linear_model()[0], epsilon=0.1, robust="ibp", final_beta=0.5)
+        assert "final_beta=0.5 is ignored" in caplog.text
 
     def test_compile_loss_is_ignored_with_a_warning(self, caplog):
         gm = GMRobustModel(linear_model()[0], epsilon=0.1, robust="pgd")
@@ -186,9 +197,15 @@ class TestLoss:
         parts = gm.gm_loss(x, y, seed=seed)
         ce = tf.keras.losses.sparse_categorical_crossentropy
         clean = tf.reduce_mean(ce(y, model(x), from_logits=not softmax))
-        if term == "ibp":
-            lower, upper = ibp.interval_bounds(model, x, eps)
-            rob = tf.reduce_mean(ce(y, worst_case_logits(lower, upper, y), from_logits=True))
+        if term in BOUNDS:
+            # ibp: the IBP margins with the last Dense folded in; crown-ibp: final beta 1.
+            beta = 1.0 if term == "crown-ibp" else 0.0
+            margins = crown.margin_bounds(model, x, y, eps, beta=beta)
+            rob = tf.reduce_mean(ce(y, -margins, from_logits=True))
+            if term == "ibp":  # the same bound as ibp.py's own folding of the last layer
+                worst = np.where(np.eye(5)[y] > 0, np.inf, margins.numpy()).min(axis=1)
+                np.testing.assert_allclose(worst, ibp.certified_margin(model, x, y, eps).numpy(),
+                                           rtol=1e-5, atol=1e-5)
         else:
             if term == "pgd":
                 start = tf.random.experimental.stateless_fold_in(tf.constant(seed, tf.int64), 0)
@@ -201,7 +218,7 @@ class TestLoss:
         direct = kappa * clean + (1 - kappa) * rob + penalty
         assert float(parts["robust_loss"]) == float(rob)  # exact: c_1 = 1, r_1 = epsilon
         assert float(parts["loss"]) == float(direct)
-        if term == "ibp":  # a worst case over the box is never below the clean loss
+        if term in BOUNDS:  # a worst case over the box is never below the clean loss
             assert float(parts["robust_loss"]) >= float(parts["clean_loss"]) - 1e-6
 
     def test_kappa_blends_clean_and_robust(self, batch):
@@ -239,7 +256,8 @@ class TestLoss:
             assert sub[i - 1] == pytest.approx(ce.mean(), rel=1e-5)
 
     def test_ibp_gm_loss_closed_form_on_a_linear_model(self):
-        """Dense logits z = W^T x + b: bounds W^T x + b -+ |W|^T r, by hand in NumPy."""
+        """Dense logits z = W^T x + b, the last layer folded into the margin:
+        m_j = (w_y - w_j)^T x + b_y - b_j - r |w_y - w_j|_1, by hand in NumPy."""
         model, w, b = linear_model()
         x = uniform_inputs((4, 3, 3, 1), seed=2)
         y = np.array([0, 1, 2, 1])
@@ -252,14 +270,93 @@ class TestLoss:
         c = np.array([1, 1 / 2, 1 / 3]) / (1 + 1 / 2 + 1 / 3)
         robust = 0.0
         for i in range(1, n + 1):
-            rad = (i / n * eps) * np.abs(w).sum(axis=0)
-            worst = np.where(np.eye(3)[y] > 0, centre - rad, centre + rad)
-            robust += c[i - 1] * np_ce(worst, y).mean()
+            r = i / n * eps
+            margins = np.array([[centre[k, y[k]] - centre[k, j]
+                                 - r * np.abs(w[:, y[k]] - w[:, j]).sum() for j in range(3)]
+                                for k in range(4)])
+            robust += c[i - 1] * np_ce(-margins, y).mean()
         parts = gm.gm_loss(x, y)
         assert float(parts["clean_loss"]) == pytest.approx(clean, rel=1e-5)
         assert float(parts["robust_loss"]) == pytest.approx(robust, rel=1e-5)
         assert float(parts["loss"]) == pytest.approx(kappa * clean + (1 - kappa) * robust,
                                                      rel=1e-5)
+
+
+class TestCrownIBP:
+    """The "crown-ibp" term: CE of -crown.margin_bounds at r_i and the scheduled beta."""
+
+    @pytest.mark.parametrize("ramp_tensor", [False, True])
+    def test_loss_is_the_ce_of_the_mixed_margin_bounds(self, batch, ramp_tensor):
+        x, y = batch
+        model = toy_bnn()
+        eps, n, final_beta = 0.06, 2, 0.25
+        gm = GMRobustModel(model, epsilon=eps, robust="crown-ibp", robustness_size=n,
+                           weighting="1/i", final_beta=final_beta)
+        ramp = tf.constant(0.5) if ramp_tensor else 0.5
+        beta = 1 - (1 - final_beta) * 0.5  # 0.625
+        assert float(gm.beta_schedule(ramp)) == beta
+        sub = gm.sub_losses(x, y, ramp=ramp).numpy()
+        for i in (1, 2):
+            margins = crown.margin_bounds(model, x, y, i / n * 0.5 * eps, beta=beta).numpy()
+            assert np.all(margins[np.arange(len(y)), y] == 0)
+            assert sub[i - 1] == pytest.approx(np_ce(-margins, y).mean(), rel=1e-5)
+        parts = gm.gm_loss(x, y, ramp=ramp)
+        assert float(parts["robust_loss"]) == pytest.approx(
+            float(np.dot(gm_weights(n, "1/i"), sub)), rel=1e-6)
+
+    def test_beta_zero_is_the_ibp_term(self, batch):
+        x, y = batch
+        model = toy_bnn()
+        kwargs = dict(epsilon=0.05, robustness_size=2, kappa=0.4)
+        mixed = GMRobustModel(model, robust="crown-ibp", final_beta=0.0, **kwargs)
+        plain = GMRobustModel(model, robust="ibp", **kwargs)
+        ramp = tf.constant(1.0)  # a tensor beta: the mixing path, 0 * CROWN + 1 * IBP
+        assert float(mixed.beta_schedule(ramp)) == 0.0
+        got = mixed.gm_loss(x, y, ramp=ramp)
+        want = plain.gm_loss(x, y, ramp=ramp)
+        np.testing.assert_allclose(got["sub_losses"].numpy(), want["sub_losses"].numpy(),
+                                   rtol=1e-6)
+        assert float(got["loss"]) == pytest.approx(float(want["loss"]), rel=1e-6)
+
+    def test_crown_ibp_term_is_never_above_the_ibp_term_on_a_bnn(self, batch):
+        """Without ReLUs CROWN-IBP's margins are never below IBP's, so neither is the CE."""
+        x, y = batch
+        model = toy_bnn()
+        crown_loss = GMRobustModel(model, 0.05, robust="crown-ibp", robustness_size=2)
+        ibp_loss = GMRobustModel(model, 0.05, robust="ibp", robustness_size=2)
+        ours = crown_loss.sub_losses(x, y).numpy()
+        theirs = ibp_loss.sub_losses(x, y).numpy()
+        assert np.all(ours <= theirs + 1e-5) and np.all(ours > 0)
+
+    def test_beta_schedule_follows_the_epsilon_ramp(self):
+        gm = GMRobustModel(linear_model()[0], epsilon=0.1, robust="crown-ibp", final_beta=0.2,
+                           warmup_steps=2, rampup_steps=4)
+        got = [float(gm.beta_schedule(gm.schedule(s)[0])) for s in (0, 1, 2, 3, 5, 6, 100)]
+        np.testing.assert_allclose(got, [1, 1, 0.8, 0.6, 0.2, 0.2, 0.2], rtol=1e-6)
+        paper = GMRobustModel(linear_model()[0], epsilon=0.1, robust="crown-ibp", rampup_steps=4)
+        assert paper.final_beta == 1.0 and paper.beta_schedule(tf.constant(0.25)) == 1.0
+
+    def test_compiled_steps_log_beta_without_retracing(self, batch):
+        x, y = batch
+        gm = GMRobustModel(toy_bnn(), epsilon=0.05, robust="crown-ibp", robustness_size=1,
+                           final_beta=0.5, rampup_steps=2, seed=0)
+        gm.compile(tf.keras.optimizers.SGD(0.01))
+        betas, traces = [], []
+        for _ in range(3):
+            gm.reset_metrics()
+            logs = gm.train_on_batch(x, y, return_dict=True)
+            assert all(np.isfinite(v) for v in logs.values())
+            betas.append(logs["beta"])
+            traces.append(gm.train_function.experimental_get_tracing_count())
+        np.testing.assert_allclose(betas, [0.75, 0.5, 0.5], rtol=1e-6)
+        assert traces[0] == traces[-1], traces  # beta is a tensor: no retracing as it moves
+
+    def test_config_round_trip(self):
+        gm = GMRobustModel(linear_model()[0], epsilon=0.1, robust="crown-ibp", final_beta=0.3)
+        config = gm.get_config()
+        assert config["final_beta"] == 0.3 and config["robust"] == "crown-ibp"
+        clone = GMRobustModel.from_config(config)
+        assert (clone.final_beta, clone.robust) == (0.3, "crown-ibp")
 
 
 class TestSchedule:
