@@ -198,6 +198,20 @@ class TestGMRobustTraining:
         loaded = tf.keras.models.load_model(str(out / "model"))
         assert not isinstance(loaded, GMRobustModel) and loaded.output_shape[-1] == 10
 
+    def test_crown_ibp_run_ramps_beta(self, tmp_path):
+        out = tmp_path / "crown"
+        code = cli.main(["train", *TINY, "--robust", "crown-ibp", "--robust-epsilon", "0.02",
+                         "--gm-n", "1", "--gm-final-beta", "0.5", "--gm-rampup-epochs", "1",
+                         "--no-convert", "--out", str(out)])
+        assert code == 0
+        config = yaml.safe_load((out / "config.yaml").read_text())
+        assert (config["robust"], config["gm_final_beta"]) == ("crown-ibp", 0.5)
+        lines = (out / "history.csv").read_text().splitlines()
+        row = dict(zip(lines[0].split(","), lines[1].split(",")))
+        # beta_t = 1 - (1 - 0.5) eps_t / eps over the one-epoch ramp; fit logs epoch means.
+        ramp = float(row["epsilon"]) / 0.02
+        assert 0 < ramp < 1 and float(row["beta"]) == pytest.approx(1 - 0.5 * ramp, rel=1e-5)
+
     def test_steps_come_from_epochs(self):
         config = training.TrainConfig(robust="pgd", robust_epsilon=[0.1], gm_warmup_epochs=2,
                                       gm_rampup_epochs=3, gm_n=4, epochs=5).validate()
@@ -206,12 +220,20 @@ class TestGMRobustTraining:
         inner = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
         gm = training.gm_model(inner, config, steps_per_epoch=7)
         assert (gm.warmup_steps, gm.rampup_steps, gm.robust, gm.model is inner) == (14, 21, "pgd", True)
+        config = training.TrainConfig(robust="crown-ibp", robust_epsilon=[0.1],
+                                      gm_final_beta=0.25).validate()
+        gm = training.gm_model(inner, config, steps_per_epoch=7)
+        assert (gm.robust, gm.final_beta) == ("crown-ibp", 0.25)
 
     @pytest.mark.parametrize("flags, phrase", [
         (["--gm-n", "3"], "--robust"),
         (["--robust", "ibp"], "--robust-epsilon"),
         (["--robust", "ibp", "--robust-epsilon", "0.1", "0.2"], "noise only"),
         (["--robust", "noise", "--robust-epsilon", "0.1", "--gm-kappa", "1.5"], "gm_kappa"),
+        (["--gm-final-beta", "0.5"], "--robust"),
+        (["--robust", "crown-ibp", "--robust-epsilon", "0.1", "--gm-final-beta", "1.5"],
+         "gm_final_beta"),
+        (["--robust", "ibp", "--robust-epsilon", "0.1", "--gm-final-beta", "0.5"], "crown-ibp"),
     ])
     def test_bad_gm_settings(self, tmp_path, capsys, flags, phrase):
         code, error = exit_code_and_error(["train", *flags, "--out", str(tmp_path / "r")], capsys)
