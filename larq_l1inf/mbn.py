@@ -54,6 +54,7 @@ import larq as lq
 import numpy as np
 
 from larq_l1inf._keras import tf
+from larq_l1inf import ibp
 from larq_l1inf.ibp import Interval, register_interval_rule
 from larq_l1inf.regularizers import KernelPenalty, kernel_rows
 from larq_l1inf.variants import Variant
@@ -249,16 +250,50 @@ class MultiBitLayer(tf.keras.layers.Layer):
         return tf.add_n(outputs)
 
     def interval(self, box):
-        """Interval bounds of the layer's output for an input `Interval` (for IBP)."""
+        r"""Interval bounds of the layer's output for an input `Interval` (for IBP).
+
+        With $[l_n, u_n]$ the interval of activation base $n$, $\operatorname{sign}(x + v_n)$,
+        centre $c_n$ and radius $r_n$, and $|\operatorname{sign}(W_m)| = 1$ everywhere:
+
+        $$\mu' = \sum_n \beta_n\, \mathrm{Conv}\big(c_n, \textstyle\sum_m \alpha_m
+        W_b^m\big),\qquad r' = \sum_n |\beta_n| \Big(\sum_m |\alpha_m|\Big)
+        \sum_{\text{window}} \sum_i r_{n, i}$$
+
+        the same bound as the $M \times N$ base-pair convolutions with $|W_b^m|$, in one centre
+        convolution with the combined kernel and one single-channel window sum
+        (`larq_l1inf.ibp.binary_radius`) per activation base. `larq_l1inf.ibp.BINARY_RADIUS`
+        `"exact"` or `"generic"` compute the radius with the $M \times N$ convolutions instead
+        (the straight-through gradient to the latent kernel through $|W_b^m|$ exactly; the
+        fast path spreads it evenly over each output channel, as IBP's does).
+
+        # Arguments
+        box: the input `Interval`.
+
+        # Returns
+        The output `Interval`.
+        """
         bases = self.weight_bases_tensors()
+        combined = tf.add_n([self.weight_scale[m] * w for m, w in enumerate(bases)])
+        fast = ibp.BINARY_RADIUS == "fast"
+        if fast:
+            # |W_b^m| = 1: its channel max is 1 in the forward pass and carries the STE
+            # gradient of |W_b^m| spread over the channel, as ibp's fast path does.
+            axes = list(range(combined.shape.rank - 1))
+            magnitude = tf.add_n([tf.abs(self.weight_scale[m]) * tf.reduce_max(tf.abs(w), axes)
+                                  for m, w in enumerate(bases)])
+            padding = None if not self.rank else self.padding.upper()
         centres, radii = [], []
         for n in range(self.activation_bases):
             a = box.map(lambda v: lq.quantizers.ste_sign(v + self.activation_shift[n],
                                                          clip_value=self.clip_value))
+            beta = self.activation_scale[n]
+            centres.append(beta * self.base_op(a.centre, combined, self.pad_values))
+            if fast:
+                radii.append(ibp.binary_radius(self, a.radius, tf.abs(beta) * magnitude, padding))
+                continue
             for m, kernel in enumerate(bases):
-                scale = self.weight_scale[m] * self.activation_scale[n]
-                centres.append(scale * self.base_op(a.centre, kernel, self.pad_values))
-                radii.append(tf.abs(scale) * self.base_op(a.radius, tf.abs(kernel), 0.0))
+                scale = tf.abs(self.weight_scale[m] * beta)
+                radii.append(scale * self.base_op(a.radius, tf.abs(kernel), 0.0))
         return Interval.from_centre(tf.add_n(centres), tf.add_n(radii))
 
     def compute_output_shape(self, input_shape):

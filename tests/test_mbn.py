@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from helpers import BINARY, layer_test, uniform_inputs
 
-from larq_l1inf import L1InfRegularizer
+from larq_l1inf import L1InfRegularizer, ibp
 from larq_l1inf._keras import tf
-from larq_l1inf.ibp import input_box, interval_bounds
+from larq_l1inf.ibp import Interval, input_box, interval_bounds
 from larq_l1inf.mbn import MBNConv1D, MBNConv2D, MBNDense, mbn_variant, weight_shifts
 
 L = tf.keras.layers
@@ -148,6 +148,62 @@ def test_interval_bounds_contain_sampled_outputs_of_an_mbn_model():
         out = model(points.astype("float32")).numpy()
         assert np.all(out >= lower[i] - 1e-4) and np.all(out <= upper[i] + 1e-4)
     assert np.all(upper > lower)
+
+
+def base_pair_interval(layer, box):
+    """The M x N base-pair computation: every (m, n) convolution of the sign interval's centre
+    with W_b^m and of its radius with |W_b^m|, scaled by alpha_m beta_n and |alpha_m beta_n|."""
+    bases = layer.weight_bases_tensors()
+    centres, radii = [], []
+    for n in range(layer.activation_bases):
+        a = box.map(lambda v: lq.quantizers.ste_sign(v + layer.activation_shift[n]))
+        for m, kernel in enumerate(bases):
+            scale = layer.weight_scale[m] * layer.activation_scale[n]
+            centres.append(scale * layer.base_op(a.centre, kernel, layer.pad_values))
+            radii.append(tf.abs(scale) * layer.base_op(a.radius, tf.abs(kernel), 0.0))
+    return tf.add_n(centres), tf.add_n(radii)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: MBNConv2D(4, 3, strides=2, weight_bases=3, activation_bases=2), (7, 7, 3)),
+    (lambda: MBNConv2D(3, (3, 2), padding="valid", weight_bases=2, activation_bases=3), (6, 5, 2)),
+    (lambda: MBNConv1D(4, 3, weight_bases=3, activation_bases=2), (9, 3)),
+    (lambda: MBNDense(3, weight_bases=2, activation_bases=3), (5,)),
+], ids=["conv2d-same-stride2", "conv2d-valid", "conv1d", "dense"])
+@pytest.mark.parametrize("mode", ["fast", "generic"])
+def test_interval_equals_the_base_pair_computation(make, shape, mode, monkeypatch):
+    """One centre convolution with the combined kernel and one window sum per activation base
+    give the M x N computation's bound, values and gradients (negative scales included)."""
+    monkeypatch.setattr(ibp, "BINARY_RADIUS", mode)
+    layer = make()
+    layer.build((None, *shape))
+    rng = np.random.default_rng(2)
+    layer.kernel.assign(rng.uniform(-1.2, 1.2, layer.kernel.shape).astype("float32"))
+    m, n = layer.weight_bases, layer.activation_bases
+    layer.weight_scale.assign(rng.uniform(-1, 1, m).astype("float32"))
+    layer.activation_scale.assign(rng.uniform(-1, 1, n).astype("float32"))
+    layer.activation_shift.assign(rng.uniform(-0.5, 0.5, n).astype("float32"))
+    lo = tf.constant(rng.uniform(-1, 1, (2, *shape)).astype("float32"))
+    hi = lo + tf.constant(rng.uniform(0, 0.6, (2, *shape)).astype("float32"))
+    weights = [layer.weight_scale, layer.activation_scale, layer.activation_shift]
+    results = []
+    for compute in (lambda b: layer.interval(b), lambda b: base_pair_interval(layer, b)):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([lo, hi])
+            out = compute(Interval(lo, hi))
+            centre, radius = (out.centre, out.radius) if isinstance(out, Interval) else out
+            loss = tf.reduce_sum(tf.sin(centre) * radius) + tf.reduce_sum(radius ** 2)
+        grads = tape.gradient(loss, [lo, hi, *weights, layer.kernel])
+        results.append((centre.numpy(), radius.numpy(), [g.numpy() for g in grads]))
+    (c1, r1, g1), (c2, r2, g2) = results
+    assert np.any(r1 > 0) and np.all(r1 >= 0)
+    np.testing.assert_allclose(c1, c2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r1, r2, rtol=1e-5, atol=1e-5)
+    for got, want in zip(g1[:-1], g2[:-1]):  # inputs, scales, shifts: the same linear maps
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    if mode == "generic":  # the straight-through gradient through |W_b^m| too
+        np.testing.assert_allclose(g1[-1], g2[-1], rtol=1e-4, atol=1e-4)
+    assert np.all(np.isfinite(g1[-1]))
 
 
 def test_variant_builds_a_backbone():
