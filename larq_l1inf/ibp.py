@@ -27,7 +27,10 @@ a training step (IBP training, Gowal et al. 2018).
 `interval_bounds` bounds the model's output logits; `certified_margin` the worst-case logit
 margin $\min_{j \ne y} (z_y - z_j)$, computed with the last linear layer folded into the
 margin (tighter than subtracting separately bounded logits); `verified_accuracy` the fraction
-of samples whose certified margin is positive.
+of samples whose certified margin is positive. The per-layer rules are public
+(`apply_rule`, `affine_interval`, `quantizer_interval`, `batch_norm_affine`, `linear_map`,
+`read_kernel`, `graph_nodes`, ...) so that bounds built on IBP's forward pass, such as
+`larq_l1inf.crown`'s CROWN-IBP, use the very same intervals.
 
 !!! example
     ```python
