@@ -8,8 +8,8 @@ default 1, the paper's: the CROWN-IBP bound alone at the end of the ramp-up). Ea
 `--steps` steps of every configuration in a shuffled order; the figure is the median over
 repeats of the mean step time, reported as a ratio to the plain step; the process CPU time of
 the same steps is reported beside it (less sensitive to other jobs on a shared machine). The
-target for the IBP term is `ratio <= N + 1.5`; each of the N sub-perturbations is one IBP pass over the batch
-(one pass over the batch tiled N times measured no faster on CPU).
+target for the IBP term is `ratio <= N + 1.5`; each of the N sub-perturbations is one IBP pass
+over the batch (one pass over the batch tiled N times measured no faster on CPU).
 
     python benchmarks/gm_step_cost.py --ns 1 2 4 --terms ibp crown-ibp noise --repeats 5
 
