@@ -106,7 +106,8 @@ def table(result):
         cells += [f"{pct(a['noisy'][i]['mean'])} +- {pct(a['noisy'][i]['std'])}" for i in ranges]
         if "pgd" in a:
             cells.append(f"{pct(a['pgd']['mean'])} +- {pct(a['pgd']['std'])}")
-        cells += [f"{pct(v['mean'])} +- {pct(v['std'])}" for v in a.get("verified", [])]
+        cells += [f"{pct(v['mean'])} +- {pct(v['std'])}"
+                  for key in ("verified", "verified_crown") for v in a.get(key, [])]
         if "bops" in a:
             cells += [f"{a['bops']['total_bops'] / 1e6:.2f}", f"{a['bops']['binary_macs'] / 1e6:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -122,7 +123,7 @@ def table(result):
                   for i in ranges]
         if "pgd" in c:
             cells.append(interval(c["pgd"]))
-        cells += [interval(v) for v in c.get("verified", [])]
+        cells += [interval(v) for key in ("verified", "verified_crown") for v in c.get(key, [])]
         if not c["paired"]:
             cells[0] += " (NOT paired)"
         lines.append("| " + " | ".join(cells) + " |")
@@ -135,7 +136,8 @@ def extra_headers(arm, run):
     out = []
     if "pgd" in arm:
         out.append(f"PGD-{run['pgd']['iterations']} eps {run['pgd']['epsilon']:g}")
-    out += [f"verified eps {v['epsilon']:g}" for v in arm.get("verified", [])]
+    out += [f"IBP-verified eps {v['epsilon']:g}" for v in arm.get("verified", [])]
+    out += [f"CROWN-IBP-verified eps {v['epsilon']:g}" for v in arm.get("verified_crown", [])]
     if "bops" in arm:
         out += ["BOPs (M)", "binary MACs (M)"]
     return out
