@@ -633,15 +633,5 @@ def verified_accuracy(model, x, y, epsilon, clip=(0.0, 1.0), beta=1.0, batch_siz
     # Raises
     ValueError: for `x` and `y` of different lengths or no samples, and as `margin_bounds`.
     """
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y).reshape(-1)
-    if len(x) != len(y):
-        raise ValueError(f"`x` and `y` differ in length: {len(x)} vs {len(y)}.")
-    if len(x) == 0:
-        raise ValueError("verified_accuracy needs at least one sample.")
-    verified = 0
-    for start in range(0, len(x), batch_size):
-        margin = crown_ibp_margin(model, x[start:start + batch_size], y[start:start + batch_size],
-                                  epsilon, clip, beta)
-        verified += int(tf.reduce_sum(tf.cast(margin > 0, tf.int32)))
-    return verified / len(x)
+    return ibp.positive_fraction(
+        lambda xb, yb: crown_ibp_margin(model, xb, yb, epsilon, clip, beta), x, y, batch_size)

@@ -92,6 +92,7 @@ __all__ = [
     "is_monotone_quantizer",
     "linear_map",
     "linear_op",
+    "positive_fraction",
     "propagate",
     "quantizer_interval",
     "read_kernel",
@@ -1107,6 +1108,18 @@ def verified_accuracy(model, x, y, epsilon, clip=(0.0, 1.0), batch_size=256, fol
     # Returns
     A Python float in [0, 1].
     """
+    return positive_fraction(
+        lambda xb, yb: certified_margin(model, xb, yb, epsilon, clip, fold_last=fold_last),
+        x, y, batch_size)
+
+
+def positive_fraction(margin_fn, x, y, batch_size=256):
+    """Fraction of samples whose margin bound `margin_fn(x_batch, y_batch)` is positive,
+    computed over batches of `batch_size` (the verified accuracy of any bound).
+
+    # Raises
+    ValueError: for `x` and `y` of different lengths or no samples.
+    """
     x = np.asarray(x, np.float32)
     y = np.asarray(y).reshape(-1)
     if len(x) != len(y):
@@ -1115,7 +1128,6 @@ def verified_accuracy(model, x, y, epsilon, clip=(0.0, 1.0), batch_size=256, fol
         raise ValueError("verified_accuracy needs at least one sample.")
     verified = 0
     for start in range(0, len(x), batch_size):
-        margin = certified_margin(model, x[start:start + batch_size], y[start:start + batch_size],
-                                  epsilon, clip, fold_last=fold_last)
+        margin = margin_fn(x[start:start + batch_size], y[start:start + batch_size])
         verified += int(tf.reduce_sum(tf.cast(margin > 0, tf.int32)))
     return verified / len(x)

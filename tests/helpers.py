@@ -50,6 +50,20 @@ def trained_like_batchnorm(model):
     return model
 
 
+def random_batchnorm(model, seed=0):
+    """Random non-trivial batch-norm statistics and affine parameters (negative scales too),
+    as after training: bounds are then checked away from the identity-like initial BN."""
+    rng = np.random.default_rng(seed)
+    for layer in model.submodules:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.3, 2.0, n).astype("float32"))
+            layer.gamma.assign(rng.normal(0, 1, n).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
+    return model
+
+
 def uniform_inputs(shape, seed=1):
     """Inputs in [0, 1] (the model's pixel units), float32."""
     return np.random.default_rng(seed).uniform(0, 1, shape).astype("float32")

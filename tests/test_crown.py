@@ -4,7 +4,7 @@ reference, tightness against IBP, beta mixing, bad inputs and gradients."""
 import larq as lq
 import numpy as np
 import pytest
-from helpers import BINARY, toy_bnn, trained_like_batchnorm, uniform_inputs
+from helpers import BINARY, random_batchnorm, toy_bnn, trained_like_batchnorm, uniform_inputs
 
 from larq_l1inf._keras import tf
 from larq_l1inf.crown import (
@@ -18,19 +18,6 @@ from larq_l1inf.ibp import UnsupportedLayerError, certified_margin
 
 L = tf.keras.layers
 TOL = 1e-4
-
-
-def _randomize_batchnorm(model, seed=0):
-    """Non-trivial batch-norm statistics and affine parameters (negative scales too)."""
-    rng = np.random.default_rng(seed)
-    for layer in model.submodules:
-        if isinstance(layer, L.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.3, 2.0, n).astype("float32"))
-            layer.gamma.assign(rng.normal(0, 1, n).astype("float32"))
-            layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
-    return model
 
 
 def relu_mlp():
@@ -52,7 +39,7 @@ def relu_conv():
     x = L.Activation("relu")(x)
     x = L.Flatten()(x)
     x = L.Dense(4, activation="softmax")(x)  # the margin is of the pre-softmax logits
-    return _randomize_batchnorm(tf.keras.Model(inputs, x, name="relu_conv"))
+    return random_batchnorm(tf.keras.Model(inputs, x, name="relu_conv"))
 
 
 def hard_tanh_net():
@@ -89,12 +76,12 @@ def residual_bnn():
     x = lq.layers.QuantDense(6, input_quantizer="swish_sign", kernel_quantizer="ste_sign")(x)
     x = L.BatchNormalization()(x)
     x = L.Dense(4)(x)
-    return _randomize_batchnorm(tf.keras.Model(inputs, x, name="residual_bnn"))
+    return random_batchnorm(tf.keras.Model(inputs, x, name="residual_bnn"))
 
 
 def sign_mlp():
     """Sequential BNN MLP with a sign activation layer and a Dropout."""
-    return _randomize_batchnorm(tf.keras.Sequential([
+    return random_batchnorm(tf.keras.Sequential([
         tf.keras.Input((6,)),
         L.Dense(8),
         L.BatchNormalization(),
@@ -115,7 +102,7 @@ def conv_1d():
     x = L.DepthwiseConv1D(3, strides=2, padding="same")(x)
     x = L.ReLU()(x)
     x = L.GlobalAveragePooling1D()(x)
-    return _randomize_batchnorm(tf.keras.Model(inputs, L.Dense(4)(x), name="conv_1d"))
+    return random_batchnorm(tf.keras.Model(inputs, L.Dense(4)(x), name="conv_1d"))
 
 
 def plumbing_linear():
@@ -249,7 +236,7 @@ class TestExactness:
         h = L.AveragePooling2D(2, padding="same")(h)
         h = L.DepthwiseConv2D(2, padding="same")(h)
         h = L.Flatten()(h)
-        return _randomize_batchnorm(tf.keras.Model(inputs, L.Dense(3)(h)))
+        return random_batchnorm(tf.keras.Model(inputs, L.Dense(3)(h)))
 
     @pytest.mark.parametrize("builder", ["linear_conv", "plumbing_linear"])
     def test_affine_conv_network_is_exact(self, builder):
@@ -502,7 +489,7 @@ def test_backbone_variants_sound_and_not_looser_than_ibp(variant):
     Normalization, residual shortcuts; the variant layers are bounded by ibp.py's rules."""
     from larq_l1inf.backbones import resnet20
 
-    model = _randomize_batchnorm(resnet20(variant, num_classes=3, input_shape=(8, 8, 3),
+    model = random_batchnorm(resnet20(variant, num_classes=3, input_shape=(8, 8, 3),
                                           width=2, logits=True))
     for layer in model.submodules:  # non-trivial learned shifts and slopes
         for name in ("alpha", "gamma", "zeta", "center"):

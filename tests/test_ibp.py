@@ -5,7 +5,7 @@ import itertools
 import larq as lq
 import numpy as np
 import pytest
-from helpers import BINARY, toy_bnn, trained_like_batchnorm, uniform_inputs
+from helpers import BINARY, random_batchnorm, toy_bnn, trained_like_batchnorm, uniform_inputs
 
 from larq_l1inf import ibp
 from larq_l1inf._keras import tf
@@ -19,19 +19,6 @@ from larq_l1inf.ibp import (
 
 L = tf.keras.layers
 TOL = 1e-4
-
-
-def _randomize(model, seed=0):
-    """Non-trivial batch-norm statistics and affine parameters, as after training."""
-    rng = np.random.default_rng(seed)
-    for layer in model.submodules:
-        if isinstance(layer, L.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.3, 2.0, n).astype("float32"))
-            layer.gamma.assign(rng.normal(0, 1, n).astype("float32"))  # negative scales too
-            layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
-    return model
 
 
 def every_layer_2d():
@@ -65,7 +52,7 @@ def every_layer_2d():
     x = L.BatchNormalization()(x)
     x = L.Concatenate()([x, y])
     x = L.Dense(5)(x)
-    return _randomize(tf.keras.Model(inputs, x))
+    return random_batchnorm(tf.keras.Model(inputs, x))
 
 
 def every_layer_1d():
@@ -81,7 +68,7 @@ def every_layer_1d():
     x = L.AveragePooling1D(2)(x)
     x = L.GlobalAveragePooling1D()(x)
     x = L.Dense(3, activation="softmax")(x)
-    return _randomize(tf.keras.Model(inputs, x))
+    return random_batchnorm(tf.keras.Model(inputs, x))
 
 
 def _samples(lower, upper, count, rng):
@@ -165,7 +152,7 @@ def test_bounds_equal_the_enumerated_range_of_a_binary_input_layer():
         L.BatchNormalization(),
         L.Flatten(),
     ])
-    _randomize(model, seed=3)
+    random_batchnorm(model, seed=3)
     x = np.array([[[[0.02], [-0.3]], [[-0.01], [0.5]]]], np.float32)
     epsilon = 0.05  # pixels 0 and 2 straddle 0, pixels 1 and 3 do not
     lower, upper = (t.numpy()[0] for t in interval_bounds(model, x, epsilon, clip=(-1.0, 1.0)))
@@ -276,7 +263,7 @@ def test_backbone_variants_are_bounded_soundly(variant, options):
 
     model = resnet20(variant, num_classes=3, input_shape=(8, 8, 3), width=2, logits=True,
                      **options)
-    _randomize(model)
+    random_batchnorm(model)
     for layer in model.submodules:  # non-trivial learned shifts and slopes
         for name in ("alpha", "gamma", "zeta", "center"):
             w = getattr(layer, name, None)
