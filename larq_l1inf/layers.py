@@ -13,6 +13,8 @@ Every class is a registered Keras layer with a `get_config`, so a saved model lo
 | `GradientQuantizer` | CycleBNN / CPT | identity forward, k-bit gradient |
 """
 
+import numbers
+
 import larq as lq
 import numpy as np
 
@@ -260,6 +262,9 @@ class GradientQuantizer(tf.keras.layers.Layer):
     seed: the integer seed of the rounding noise; None draws one from TensorFlow's global
         RNG, so `tf.keras.utils.set_random_seed` fixes it.
 
+    # Raises
+    ValueError: for a `seed` that is not an integer.
+
     !!! example
         ```python
         y = GradientQuantizer(bits=8)(tf.keras.Input((8, 8, 4)))
@@ -274,6 +279,9 @@ class GradientQuantizer(tf.keras.layers.Layer):
 
     def __init__(self, bits=8.0, seed=None, **kwargs):
         super().__init__(**kwargs)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise ValueError(
+                f"GradientQuantizer `seed` must be an integer or None (drawn), got {seed!r}.")
         self.seed = _draw_seed() if seed is None else int(seed)
         self.bits = tf.Variable(float(bits), trainable=False, dtype=tf.float32, name="grad_bits")
         # ON_READ: each replica counts its own backward passes without a cross-replica sync;
