@@ -13,6 +13,8 @@ Every class is a registered Keras layer with a `get_config`, so a saved model lo
 | `GradientQuantizer` | CycleBNN / CPT | identity forward, k-bit gradient |
 """
 
+import numbers
+
 import larq as lq
 import numpy as np
 
@@ -228,6 +230,12 @@ class Maxout(tf.keras.layers.Layer):
         return self.pos_scale * tf.nn.relu(inputs) - self.neg_scale * tf.nn.relu(-inputs)
 
 
+def _draw_seed():
+    """A layer seed from TF's global RNG: fixed by `tf.random.set_seed`/`set_random_seed`."""
+    with tf.init_scope():  # eager even when the layer is built inside a tf.function
+        return int(tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int64))
+
+
 @_register
 class GradientQuantizer(tf.keras.layers.Layer):
     r"""Identity forward; quantizes the gradient to `bits` bits in the backward pass (CPT).
@@ -242,8 +250,20 @@ class GradientQuantizer(tf.keras.layers.Layer):
     precision training does for the conv output's gradient; `bits <= 0` passes it unchanged.
     `bits` is a variable `CyclicPrecisionSchedule` assigns, not a weight.
 
+    The noise $u$ is stateless: drawn from (`seed`, backward-pass counter), and the counter
+    (`noise_step`, +1 per backward pass, so evaluation and prediction leave it alone) is
+    tracked by the layer, so Keras checkpoints and `BackupAndRestore` save and restore it and
+    a resumed run draws the noise an uninterrupted one would. Like `bits`, it is not a weight:
+    `get_weights()`, h5 weight files and `count_params()` do not see it. Under a
+    `tf.distribute` strategy each replica folds its id into the seed.
+
     # Arguments
     bits: the initial gradient bit width.
+    seed: the integer seed of the rounding noise; None draws one from TensorFlow's global
+        RNG, so `tf.keras.utils.set_random_seed` fixes it.
+
+    # Raises
+    ValueError: for a `seed` that is not an integer.
 
     !!! example
         ```python
@@ -257,9 +277,29 @@ class GradientQuantizer(tf.keras.layers.Layer):
       ECCV 2024 Workshops (arXiv:2410.00050), sec. 3.
     """
 
-    def __init__(self, bits=8.0, **kwargs):
+    def __init__(self, bits=8.0, seed=None, **kwargs):
         super().__init__(**kwargs)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise ValueError(
+                f"GradientQuantizer `seed` must be an integer or None (drawn), got {seed!r}.")
+        self.seed = _draw_seed() if seed is None else int(seed)
         self.bits = tf.Variable(float(bits), trainable=False, dtype=tf.float32, name="grad_bits")
+        # ON_READ: each replica counts its own backward passes without a cross-replica sync;
+        # all replicas count alike, and a checkpoint keeps the first one's count.
+        self.noise_step = tf.Variable(
+            0, trainable=False, dtype=tf.int64, name="noise_step",
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+
+    def noise_seed(self):
+        """Advance `noise_step` and return the stateless seed of this backward pass."""
+        with tf.control_dependencies([self.noise_step.assign_add(1)]):
+            seed = tf.stack([tf.constant(self.seed, tf.int64), self.noise_step.read_value()])
+        replicas = tf.distribute.get_replica_context()
+        if replicas is not None and replicas.num_replicas_in_sync > 1:
+            seed = tf.random.experimental.stateless_fold_in(seed, replicas.replica_id_in_sync_group)
+        return seed
 
     def call(self, inputs):
         bits = self.bits
@@ -272,7 +312,8 @@ class GradientQuantizer(tf.keras.layers.Layer):
                 low = tf.reduce_min(dy, axis=axes, keepdims=True)
                 high = tf.reduce_max(dy, axis=axes, keepdims=True)
                 step = tf.maximum((high - low) / levels, 1e-12)
-                noise = tf.random.uniform(tf.shape(dy), -0.5, 0.5)
+                noise = tf.random.stateless_uniform(tf.shape(dy), self.noise_seed(), -0.5, 0.5,
+                                                    dtype=dy.dtype)
                 rounded = tf.round((dy - low) / step + noise)
                 quantized = tf.clip_by_value(rounded, 0.0, levels) * step + low
                 return tf.where(bits > 0, quantized, dy)
@@ -283,7 +324,8 @@ class GradientQuantizer(tf.keras.layers.Layer):
 
     @property
     def non_trainable_weights(self):
+        # Not weights: object-graph checkpoints still save `bits` and `noise_step` (attributes).
         return []
 
     def get_config(self):
-        return {**super().get_config(), "bits": float(self.bits.numpy())}
+        return {**super().get_config(), "bits": float(self.bits.numpy()), "seed": self.seed}

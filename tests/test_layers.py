@@ -18,6 +18,16 @@ def _inputs(shape=(2, 3, 3, 4), seed=1):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
+def _gradient(layer, upstream, as_numpy=True):
+    """d sum(layer(x) * upstream) / dx: the layer's backward pass applied to `upstream`."""
+    x = tf.zeros(upstream.shape)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(layer(x) * upstream)
+    g = tape.gradient(total, x)
+    return g.numpy() if as_numpy else g
+
+
 def _built(layer, shape):
     layer.build(shape)
     return layer
@@ -105,9 +115,60 @@ class TestFormulas:
             assert set(np.unique(levels)) <= {0.0, 1.0, 2.0, 3.0}
             assert np.all(np.abs(g[sample] - u) <= step + 1e-5)  # one step at most (stochastic)
 
+    def test_gradient_quantizer_rounding_is_unbiased(self):
+        # 4000 samples with the same upstream gradient: one backward pass gives 4000 draws per
+        # element, whose mean estimates E[g~] = g (stochastic rounding is unbiased).
+        levels, rows = 3, 4000
+        u = np.linspace(-1.0, 1.0, 21).astype(np.float32)
+        step = (u.max() - u.min()) / levels
+        g = _gradient(L.GradientQuantizer(bits=2, seed=5), np.tile(u, (rows, 1)))
+        tolerance = 5 * step / (2 * np.sqrt(rows))  # 5 standard errors: a draw's std is <= s/2
+        np.testing.assert_allclose(g.mean(axis=0), u, rtol=0, atol=tolerance)
+        nearest = np.round((u - u.min()) / step) * step + u.min()
+        assert np.abs(nearest - u).max() > 5 * tolerance  # rounding to nearest would fail this
+        assert np.all(np.abs(g - u) <= step + 1e-5)
+
+    def test_gradient_quantizer_noise_is_reproducible(self):
+        upstream = _inputs((2, 50), seed=4)
+        tf.keras.utils.set_random_seed(7)
+        first = L.GradientQuantizer(bits=2)
+        tf.keras.utils.set_random_seed(7)
+        twin, other = L.GradientQuantizer(bits=2), L.GradientQuantizer(bits=2)
+        assert first.seed == twin.seed != other.seed  # set_random_seed fixes the drawn seed
+        run = [_gradient(first, upstream) for _ in range(3)]
+        again = [_gradient(twin, upstream) for _ in range(3)]
+        np.testing.assert_array_equal(np.stack(run), np.stack(again))  # same seed, same draws
+        assert not np.array_equal(run[0], run[1])  # a new draw every backward pass
+        assert not np.array_equal(run[0], _gradient(other, upstream))
+        assert int(first.noise_step.numpy()) == 3
+
+        # Inside tf.function, forward-only calls leave the counter alone; the backward advances it.
+        step = tf.function(lambda x: _gradient(twin, x, as_numpy=False))
+        forward = tf.function(lambda x: twin(x, training=True))
+        forward(upstream)
+        assert int(twin.noise_step.numpy()) == 3
+        step(upstream)
+        assert int(twin.noise_step.numpy()) == 4
+
+    def test_gradient_quantizer_counter_is_checkpointed_not_a_weight(self, tmp_path):
+        upstream = _inputs((2, 50), seed=4)
+        layer = L.GradientQuantizer(bits=2, seed=3)
+        _gradient(layer, upstream)
+        assert layer.weights == [] and layer.count_params() == 0
+        path = tf.train.Checkpoint(layer=layer).save(str(tmp_path / "ckpt"))
+        assert [n for n, _ in tf.train.list_variables(path) if "noise_step" in n]
+        expected = _gradient(layer, upstream)  # the uninterrupted second step
+
+        restored = L.GradientQuantizer(bits=2, seed=3)
+        tf.train.Checkpoint(layer=restored).restore(path).assert_existing_objects_matched()
+        assert int(restored.noise_step.numpy()) == 1
+        np.testing.assert_array_equal(_gradient(restored, upstream), expected)
+
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match="bases"):
             L.ABCActivation(0)
+        with pytest.raises(ValueError, match="seed"):
+            L.GradientQuantizer(seed=1.5)
 
 
 class TestRoundTrip:

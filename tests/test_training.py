@@ -44,12 +44,21 @@ class KillAt(tf.keras.callbacks.Callback):
             raise KeyboardInterrupt("killed by the test")
 
 
+#: Runs a resume must reproduce exactly, each with its own piece of restored state.
+RESUMED_RUNS = {
+    # IR-Net (EDE schedule per epoch), a product penalty (attached model loss) and noise
+    # augmentation (a seeded generator).
+    "irnet": dict(variant="irnet", regularizer="l1inf", reduction="product",
+                  noise_augment=["environmental", 0.01, 0.02]),
+    # CycleBNN: the per-step bit schedule and GradientQuantizer's stochastic-rounding noise.
+    "cyclebnn": dict(variant="cyclebnn", regularizer="l1inf"),
+}
+
+
 class TestResume:
-    def test_resumed_run_ends_with_the_uninterrupted_weights(self, tmp_path, tiny_data):
-        # IR-Net (EDE schedule per epoch), a product penalty (attached model loss) and noise
-        # augmentation (a seeded generator): every piece of state a resume must restore.
-        config = tiny_config(variant="irnet", regularizer="l1inf", reduction="product",
-                             noise_augment=["environmental", 0.01, 0.02])
+    @pytest.mark.parametrize("run", list(RESUMED_RUNS))
+    def test_resumed_run_ends_with_the_uninterrupted_weights(self, tmp_path, tiny_data, run):
+        config = tiny_config(**RESUMED_RUNS[run])
         steps = 4  # 256 / 64
         full, _ = training.fit(config, tiny_data, out_dir=str(tmp_path / "full"), verbose=0)
         full_weights = full.get_weights()
