@@ -51,6 +51,12 @@ def verdict_sentence(result):
     for c in comparisons:
         verdicts = {c["noisy"][i]["verdict"] for i in ranges}
         label = f"{c['treatment']} vs {c['reference']}"
+        # A resolved difference under noise that clean accuracy shows too (same sign) is a
+        # clean-accuracy gap, not robustness: say so.
+        if "higher" in verdicts and c["clean"]["verdict"] == "higher":
+            label += " (as much higher clean: a clean-accuracy gap)"
+        if "lower" in verdicts and c["clean"]["verdict"] == "lower":
+            label += " (lower clean too)"
         if "higher" in verdicts and "lower" not in verdicts:
             higher.append(label)
         elif "lower" in verdicts and "higher" not in verdicts:

@@ -214,3 +214,20 @@ def test_certified_and_mbn_recipes_record_their_measures(tmp_path):
     # M x N bases: every binary MAC is done M * N times; the float layers are unchanged.
     assert big["binary_macs"] == 6 * small["binary_macs"] and big["total_macs"] == small["total_macs"]
     assert json.loads((tmp_path / "results" / "mbn_quick.json").read_text())["arms"]["mbn2x3"]["bops"] == big
+
+
+def test_verdict_names_a_clean_accuracy_gap():
+    """A difference under noise that clean accuracy shows as well is not called robustness."""
+    script = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "scripts",
+                                         "results_tables.py"))
+
+    def diff(verdict):
+        return {"mean": 0.1, "lo": 0.05, "hi": 0.15, "verdict": verdict}
+
+    def result(clean):
+        return {"claim": "c", "seeds": 5, "direction": "higher", "paper_ranges": [0],
+                "comparisons": [{"treatment": "a", "reference": "b", "hard_range": None,
+                                 "clean": diff(clean), "noisy": [diff("higher")]}]}
+
+    assert "clean-accuracy gap" in script["verdict_sentence"](result("higher"))
+    assert "clean-accuracy gap" not in script["verdict_sentence"](result("unresolved"))
