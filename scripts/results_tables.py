@@ -188,8 +188,14 @@ def summary(result):
     i = max(result["paper_ranges"])
     eps = eps_label(result["epsilons"][i])
     minutes = f", {result['run_seconds'] / 60:.0f} min of compute" if "run_seconds" in result else ""
-    diffs = "; ".join(f"{c['treatment']} - {c['reference']} {interval(c['noisy'][i])}"
-                      for c in result["comparisons"])
+    def at(c):
+        text = f"{c['treatment']} - {c['reference']} {interval(c['noisy'][i])}"
+        h = c["hard_range"]
+        if h is not None and h != i:  # where the reference loses 10-30 points
+            text += f" (at {eps_label(result['epsilons'][h])}: {interval(c['noisy'][h])})"
+        return text
+
+    diffs = "; ".join(at(c) for c in result["comparisons"])
     return (f"- **{result['title']}** ({result['seeds']} paired seeds{minutes}). Paired "
             f"difference under noise {eps}, points [95% interval]: {diffs}. "
             + verdict_sentence(result))
