@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -26,13 +25,7 @@ from larq_l1inf.backbones import resnet20
 from larq_l1inf.crown import margin_bounds
 from larq_l1inf.ibp import certified_margin
 from larq_l1inf.utils import write_json
-
-
-def time_calls(fn, calls):
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn().numpy()  # host copy: the call has finished
-    return (time.perf_counter() - start) / calls
+from _common import time_calls  # noqa: E402
 
 
 def main(argv=None):

@@ -24,17 +24,9 @@ from larq_l1inf._keras import tf
 from larq_l1inf.backbones import resnet20
 from larq_l1inf import ibp
 from larq_l1inf.ibp import interval_bounds
-from _common import write_json  # noqa: E402
+from _common import time_calls, write_json  # noqa: E402
 
 TARGET = 3.0
-
-
-def time_calls(fn, calls):
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = fn()
-        tf.nest.map_structure(lambda t: t.numpy(), out)  # host copy: the call has finished
-    return (time.perf_counter() - start) / calls
 
 
 def main(argv=None):
