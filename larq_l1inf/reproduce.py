@@ -24,7 +24,9 @@ resumes from its last epoch, so `reproduce NAME` continues after an interruption
 """
 
 import dataclasses
+import glob
 import hashlib
+import json
 import logging
 import math
 import os
@@ -34,7 +36,7 @@ import time
 import numpy as np
 
 from larq_l1inf import training
-from larq_l1inf.utils import write_json
+from larq_l1inf.utils import to_json_value, write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ __all__ = [
     "EPSILON_LADDERS",
     "RECIPES",
     "Recipe",
+    "copy_finished_run",
     "find_finished_run",
     "hard_range",
     "initial_fingerprint",
@@ -408,16 +411,15 @@ def extra_measures(model, data, evaluate, seed):
     return out
 
 
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def _same_run(record, config, epsilons, evaluate=None):
     return (not training.config_differences(record["config"], config.to_dict())
-            and [list(e) for e in record["epsilons"]] == [list(e) for e in epsilons]
-            and _plain(record.get("evaluate") or {}) == _plain(evaluate or {}))
-
-
-def _plain(value):
-    import json
-
-    return json.loads(json.dumps(value))
+            and record["epsilons"] == to_json_value(epsilons)
+            and (record.get("evaluate") or {}) == to_json_value(evaluate or {}))
 
 
 def find_finished_run(root, config, epsilons, evaluate=None):
@@ -428,14 +430,10 @@ def find_finished_run(root, config, epsilons, evaluate=None):
     recipes gives identical numbers), so a run one recipe finished is read back by another
     instead of being trained again.
     """
-    import glob
-    import json
-
     for path in sorted(glob.glob(os.path.join(glob.escape(root), "*", "*", "seed_*",
                                               "result.json"))):
         try:
-            with open(path) as f:
-                record = json.load(f)
+            record = _read_json(path)
         except (OSError, ValueError):
             continue
         if record.get("seed") == config.seed and _same_run(record, config, epsilons, evaluate):
@@ -443,12 +441,22 @@ def find_finished_run(root, config, epsilons, evaluate=None):
     return None
 
 
-def run_arm(config, data, run_dir, epsilons, verbose=0, reuse_root=None, evaluate=None):
-    """Train and evaluate one (arm, seed), or read it back when its result.json exists.
+def copy_finished_run(source, run_dir, root):
+    """Copy the finished run `source` (a result.json `find_finished_run` found under `root`) to
+    `run_dir`, naming its source in `reused_from`.
 
-    With `reuse_root`, a finished run of the identical config and seed anywhere under it (from
-    another recipe) is copied instead of trained again; the copy names its source in
-    `reused_from`.
+    # Returns
+    The copied record.
+    """
+    record = _read_json(source)
+    record["reused_from"] = os.path.relpath(os.path.dirname(source), root)
+    write_json(record, os.path.join(run_dir, "result.json"))
+    log.warning("read back the identical finished run %s", record["reused_from"])
+    return record
+
+
+def run_arm(config, data, run_dir, epsilons, verbose=0, evaluate=None):
+    """Train and evaluate one (arm, seed), or read it back when its result.json exists.
 
     # Returns
     The run's record (also in `run_dir/result.json`).
@@ -458,27 +466,13 @@ def run_arm(config, data, run_dir, epsilons, verbose=0, reuse_root=None, evaluat
     """
     path = os.path.join(run_dir, "result.json")
     if os.path.exists(path):
-        import json
-
-        with open(path) as f:
-            record = json.load(f)
+        record = _read_json(path)
         if not _same_run(record, config, epsilons, evaluate):
             differences = training.config_differences(record["config"], config.to_dict())
             raise training.ConfigMismatchError(
                 f"{run_dir} holds a run of another config "
                 f"({differences or 'noise ranges or measures'}); choose another --out or "
                 "delete that run.")
-        return record
-    source = find_finished_run(reuse_root, config, epsilons, evaluate) if reuse_root else None
-    if source is not None:
-        import json
-
-        with open(source) as f:
-            record = json.load(f)
-        record["reused_from"] = os.path.relpath(os.path.dirname(source), reuse_root)
-        os.makedirs(run_dir, exist_ok=True)
-        write_json(record, path)
-        log.warning("read back the identical finished run %s", record["reused_from"])
         return record
     os.makedirs(run_dir, exist_ok=True)
     fingerprint_path = os.path.join(run_dir, "initial_weights.json")
@@ -489,10 +483,7 @@ def run_arm(config, data, run_dir, epsilons, verbose=0, reuse_root=None, evaluat
     start = time.perf_counter()
     clean, noisy = _accuracies(model, data, epsilons, config.draws, config.seed)
     extra = extra_measures(model, data, evaluate or {}, config.seed)
-    import json
-
-    with open(fingerprint_path) as f:
-        initial = json.load(f)["initial_weights"]
+    initial = _read_json(fingerprint_path)["initial_weights"]
     history = training.read_history(os.path.join(run_dir, "fit", "history.csv"))
     record = {
         "config": config.to_dict(), "seed": config.seed, "epsilons": [list(e) for e in epsilons],
@@ -599,13 +590,17 @@ def run_recipe(name, *, quick=False, out_dir="reproduce_runs", results_dir="docs
         for arm, config in configs.items():
             config = dataclasses.replace(config, seed=seed)
             run_dir = os.path.join(root, arm.replace("/", "_"), f"seed_{seed}")
-            finished = (os.path.exists(os.path.join(run_dir, "result.json"))
-                        or find_finished_run(out_dir, config, epsilons, recipe.evaluate))
-            if data is None and not finished:
-                data = training.load_data(config)
             log.warning("%s: %s seed %d", name, arm, seed)
+            # Scanned once: a finished identical run of another recipe is copied, not trained.
+            source = (None if os.path.exists(os.path.join(run_dir, "result.json"))
+                      else find_finished_run(out_dir, config, epsilons, recipe.evaluate))
+            if source is not None:
+                runs[arm].append(copy_finished_run(source, run_dir, out_dir))
+                continue
+            if data is None and not os.path.exists(os.path.join(run_dir, "result.json")):
+                data = training.load_data(config)
             runs[arm].append(run_arm(config, data, run_dir, epsilons, verbose=verbose,
-                                     reuse_root=out_dir, evaluate=recipe.evaluate))
+                                     evaluate=recipe.evaluate))
     result = summarize(recipe, configs, runs, epsilons, scale, quick)
     result["wall_seconds"] = time.perf_counter() - start
     # The compute behind the numbers, also when this call only read finished runs back.
