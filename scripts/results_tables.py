@@ -103,8 +103,10 @@ def table(result):
     lines.append("")
     arms = result["arms"]
     some = next(iter(arms.values()))
-    header = ["arm", "clean"] + [f"noise {eps_label(eps[i])}" for i in ranges]
-    header += extra_headers(some, next(iter(some["runs"]), {}))
+    measures = extra_headers(some, next(iter(some["runs"]), {}))
+    header = ["arm", "clean"] + [f"noise {eps_label(eps[i])}" for i in ranges] + measures
+    if "bops" in some:
+        header += ["BOPs (M)", "binary MACs (M)"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for arm, a in arms.items():
@@ -118,9 +120,8 @@ def table(result):
             cells += [f"{a['bops']['total_bops'] / 1e6:.2f}", f"{a['bops']['binary_macs'] / 1e6:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Paired difference (points, 95% t-interval over seeds):", ""]
-    header = ["treatment - reference", "clean"] + [f"noise {eps_label(eps[i])}" for i in ranges]
-    header += [h for h in extra_headers(some, next(iter(some["runs"]), {})) if "BOPs" not in h
-               and "MACs" not in h]
+    header = (["treatment - reference", "clean"]
+              + [f"noise {eps_label(eps[i])}" for i in ranges] + measures)
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for c in result["comparisons"]:
@@ -138,14 +139,13 @@ def table(result):
 
 
 def extra_headers(arm, run):
-    """Column names of a recipe's extra measures (PGD, IBP-verified accuracy, BOPs)."""
+    """Column names of a recipe's compared extra measures (PGD, IBP- and CROWN-IBP-verified
+    accuracy)."""
     out = []
     if "pgd" in arm:
         out.append(f"PGD-{run['pgd']['iterations']} eps {run['pgd']['epsilon']:g}")
     out += [f"IBP-verified eps {v['epsilon']:g}" for v in arm.get("verified", [])]
     out += [f"CROWN-IBP-verified eps {v['epsilon']:g}" for v in arm.get("verified_crown", [])]
-    if "bops" in arm:
-        out += ["BOPs (M)", "binary MACs (M)"]
     return out
 
 
