@@ -208,6 +208,19 @@ class TestSoundness:
             assert np.all(gap <= 1e-9), relax.__name__
 
 
+def assert_exact_affine_bound(model, w, x, y, epsilon, abs_tol):
+    """On an affine model with linear part `w` (inputs, classes), the unclipped bound on every
+    margin c = e_y - e_j is its exact minimum over the box, c z(x) - epsilon ||w c||_1."""
+    logits = _logits(model, x)
+    bound = margin_bounds(model, x, y, epsilon, clip=None).numpy()
+    classes = logits.shape[-1]
+    for i in range(len(x)):
+        for j in range(classes):
+            c = np.eye(classes)[y[i]] - np.eye(classes)[j]
+            exact = c @ logits[i] - epsilon * np.abs(w @ c).sum()
+            assert bound[i, j] == pytest.approx(exact, abs=abs_tol)
+
+
 class TestExactness:
     def test_linear_dense_network_is_exact(self):
         model = tf.keras.Sequential([tf.keras.Input((5,)), L.Dense(7), L.Dense(6), L.Dense(4)])
@@ -218,13 +231,7 @@ class TestExactness:
         w = np.eye(5)
         for kernel, _ in weights:
             w = w @ kernel.astype(np.float64)
-        logits = _logits(model, x)
-        bound = margin_bounds(model, x, y, epsilon, clip=None).numpy()
-        for i in range(len(x)):
-            for j in range(4):
-                c = np.eye(4)[y[i]] - np.eye(4)[j]
-                exact = c @ logits[i] - epsilon * np.abs(w @ c).sum()
-                assert bound[i, j] == pytest.approx(exact, abs=1e-4)
+        assert_exact_affine_bound(model, w, x, y, epsilon, abs_tol=1e-4)
 
     @staticmethod
     def linear_conv():
@@ -250,13 +257,7 @@ class TestExactness:
         x = uniform_inputs((4, 6, 6, 1), seed=5)
         y = np.array([0, 1, 2, 1])
         epsilon = 0.2
-        logits = _logits(model, x)
-        bound = margin_bounds(model, x, y, epsilon, clip=None).numpy()
-        for i in range(len(x)):
-            for j in range(3):
-                c = np.eye(3)[y[i]] - np.eye(3)[j]
-                exact = c @ logits[i] - epsilon * np.abs(w @ c).sum()
-                assert bound[i, j] == pytest.approx(exact, abs=1e-3)
+        assert_exact_affine_bound(model, w, x, y, epsilon, abs_tol=1e-3)
 
     @pytest.mark.parametrize("training", [False, True])
     def test_zero_epsilon_gives_the_clean_margin(self, training):
