@@ -252,23 +252,27 @@ class EvaluationResult:
     def summary(self):
         """A plain-text table."""
         lines = [f"{'model':<8} {'clean':>8} {'noisy (mean +- std)':>22} {'PGD':>8}"]
+        def pct(v):
+            return "-" if v is None else f"{100 * v:.2f}%"
+
         for name, r in self.models.items():
-            pgd = "-" if r["pgd"] is None else f"{100 * r['pgd']:.2f}%"
-            noisy = f"{100 * r['noisy_mean']:.2f} +- {100 * r['noisy_std']:.2f}%"
-            lines.append(f"{name:<8} {100 * r['clean']:>7.2f}% {noisy:>22} {pgd:>8}")
+            noisy = ("-" if r["noisy_mean"] is None
+                     else f"{100 * r['noisy_mean']:.2f} +- {100 * r['noisy_std']:.2f}%")
+            lines.append(f"{name:<8} {pct(r['clean']):>8} {noisy:>22} {pct(r['pgd']):>8}")
         if self.disagreement:
             d = self.disagreement
-            lines.append(
-                f"Keras vs flatbuffer: {d['clean']} / {self.n} clean predictions differ, "
-                f"{sum(d['noisy'])} / {self.n * len(d['noisy'])} noisy"
-                + ("" if d["pgd"] is None else f", {d['pgd']} / {self.n} PGD")
-            )
+            parts = ([] if d["clean"] is None else [f"{d['clean']} / {self.n} clean"])
+            if d["noisy"]:
+                parts.append(f"{sum(d['noisy'])} / {self.n * len(d['noisy'])} noisy")
+            if d["pgd"] is not None:
+                parts.append(f"{d['pgd']} / {self.n} PGD")
+            lines.append("Keras vs flatbuffer predictions that differ: " + ", ".join(parts))
         return "\n".join(lines)
 
 
 def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", epsilon=None, draws=5,
              noise_kwargs=None, pgd_epsilon=None, pgd_step_size=None, pgd_iterations=20,
-             pgd_clip=None, seed=0, batch_size=128, num_threads=1, verbose="auto",
+             pgd_clip=None, seed=0, batch_size=128, num_threads=1, verbose="auto", clean=True,
              **deprecated):
     """Evaluate a Keras model and/or its LCE flatbuffer: clean, under noise and under PGD.
 
@@ -311,6 +315,8 @@ def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", epsilon=Non
     num_threads: LCE interpreter threads.
     verbose: 0 silent, 1 Keras progress bars, 2 one line per stage; `"auto"` shows bars
         for 1000+ samples.
+    clean: False skips the clean pass (its accuracy, per-class accuracy and disagreement
+        are None): for a caller evaluating one model under several noise settings.
     **deprecated: the names of version 0.1.0, `level` (now `epsilon`), `pgd_step` (now
         `pgd_step_size`) and `progress` (now `verbose`), with a `DeprecationWarning`.
 
@@ -351,9 +357,9 @@ def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", epsilon=Non
             "`model` and its flatbuffer as `flatbuffer=`."
         )
     preds = {name: {"noisy": []} for name in models}
-    for name, p in models.items():
-        preds[name]["clean"] = p.predict(x)
-    num_classes = int(max(y.max() + 1, *(int(preds[n]["clean"].max()) + 1 for n in models)))
+    if clean:
+        for name, p in models.items():
+            preds[name]["clean"] = p.predict(x)
     if epsilon is not None:
         bar = _progbar(draws, verbose, len(x))
         for k in range(draws):
@@ -371,6 +377,10 @@ def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", epsilon=Non
         for name, p in models.items():
             preds[name]["pgd"] = p.predict(x_adv)
 
+    # Classes: the labels' and every predicted one (a model may predict a class absent from y).
+    num_classes = int(max([y.max() + 1] + [int(np.max(v)) + 1 for pr in preds.values()
+                                            for v in (pr.get("clean"), pr.get("pgd"), *pr["noisy"])
+                                            if v is not None]))
     results = {}
     for name, pr in preds.items():
         noisy = [float(np.mean(p == y)) for p in pr["noisy"]]
@@ -380,13 +390,14 @@ def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", epsilon=Non
             if noisy else None
         )
         results[name] = {
-            "clean": float(np.mean(pr["clean"] == y)),
+            "clean": float(np.mean(pr["clean"] == y)) if "clean" in pr else None,
             "noisy": noisy,
             "noisy_mean": float(np.mean(noisy)) if noisy else None,
             "noisy_std": float(np.std(noisy)) if noisy else None,
             "pgd": float(np.mean(pr["pgd"] == y)) if "pgd" in pr else None,
             "per_class": {
-                "clean": _nan_to_none(_per_class(pr["clean"], y, num_classes)),
+                "clean": _nan_to_none(_per_class(pr["clean"], y, num_classes))
+                if "clean" in pr else None,
                 "noisy": _nan_to_none(per_noisy),
                 "pgd": _nan_to_none(_per_class(pr["pgd"], y, num_classes))
                 if "pgd" in pr else None,
@@ -396,7 +407,7 @@ def evaluate(model, x, y, *, flatbuffer=None, noise="environmental", epsilon=Non
     if len(models) == 2:
         a, b = preds["keras"], preds["tflite"]
         disagreement = {
-            "clean": int(np.sum(a["clean"] != b["clean"])),
+            "clean": int(np.sum(a["clean"] != b["clean"])) if "clean" in a else None,
             "noisy": [int(np.sum(p != q)) for p, q in zip(a["noisy"], b["noisy"])],
             "pgd": int(np.sum(a["pgd"] != b["pgd"])) if "pgd" in a else None,
         }

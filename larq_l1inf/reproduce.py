@@ -371,16 +371,14 @@ def _fingerprint_callback(path):
 
 def _accuracies(model, data, epsilons, draws, seed):
     x, y = data.arrays("test")
-    clean, noisy = None, []
+    clean = training.evaluate_model(model, x, y, epsilon=None, seed=seed).models["keras"]["clean"]
+    noisy = []
     for lo, hi in epsilons:
         # Evaluation noise seeded by the run's seed: both arms of a pair see identical draws.
-        result = training.evaluate_model(model, x, y, epsilon=(lo, hi), draws=draws, seed=seed)
-        keras = result.models["keras"]
-        clean = keras["clean"]
+        keras = training.evaluate_model(model, x, y, epsilon=(lo, hi), draws=draws, seed=seed,
+                                        clean=False).models["keras"]
         noisy.append({"epsilon": [lo, hi], "draws": list(keras["noisy"]),
                       "mean": float(np.mean(keras["noisy"]))})
-    if clean is None:
-        clean = training.evaluate_model(model, x, y, epsilon=None, seed=seed).models["keras"]["clean"]
     return float(clean), noisy
 
 
@@ -391,7 +389,7 @@ def extra_measures(model, data, evaluate, seed):
     if evaluate.get("pgd_epsilon"):
         epsilon, iterations = float(evaluate["pgd_epsilon"]), int(evaluate.get("pgd_iterations", 20))
         result = training.evaluate_model(model, x, y, epsilon=None, pgd_epsilon=epsilon,
-                                         pgd_iterations=iterations, seed=seed)
+                                         pgd_iterations=iterations, seed=seed, clean=False)
         out["pgd"] = {"epsilon": epsilon, "iterations": iterations,
                       "accuracy": float(result.models["keras"]["pgd"])}
     if evaluate.get("verified"):

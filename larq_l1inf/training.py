@@ -816,7 +816,7 @@ def lcr_teacher(model, config, data, out_dir=None, verbose=0):
 
 
 def evaluate_model(model, x, y, *, flatbuffer=None, epsilon=None, draws=5, pgd_epsilon=None,
-                   pgd_iterations=20, seed=0):
+                   pgd_iterations=20, seed=0, clean=True):
     """`larq_l1inf.evaluation.evaluate` with the recipe's settings: the one place that calls it.
 
     # Returns
@@ -826,7 +826,7 @@ def evaluate_model(model, x, y, *, flatbuffer=None, epsilon=None, draws=5, pgd_e
 
     return evaluation.evaluate(
         model, x, y, flatbuffer=flatbuffer, draws=draws, seed=seed, pgd_epsilon=pgd_epsilon,
-        pgd_iterations=pgd_iterations, verbose=0,
+        pgd_iterations=pgd_iterations, verbose=0, clean=clean,
         epsilon=None if epsilon is None else tuple(float(v) for v in epsilon))
 
 

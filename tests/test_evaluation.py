@@ -92,6 +92,32 @@ class TestEvaluate:
         )
         assert r.to_dict()["config"]["draws"] == 3
 
+    def test_clean_false_skips_only_the_clean_pass(self, setup, monkeypatch):
+        model, flatbuffer, x, y = setup
+        kw = dict(flatbuffer=flatbuffer, epsilon=(0.1, 0.2), draws=2, pgd_epsilon=0.05,
+                  pgd_iterations=2, seed=3)
+        full = evaluation.evaluate(model, x, y, **kw)
+        calls = []
+        predict = evaluation._Predictor.predict
+        monkeypatch.setattr(evaluation._Predictor, "predict",
+                            lambda self, a: calls.append(len(a)) or predict(self, a))
+        r = evaluation.evaluate(model, x, y, clean=False, **kw)
+        assert len(calls) == 2 * (2 + 1)  # two models x (2 draws + PGD), no clean pass
+        for name in ("keras", "tflite"):
+            a, b = r.models[name], full.models[name]
+            assert a["clean"] is None and a["per_class"]["clean"] is None
+            assert a["noisy"] == b["noisy"] and a["pgd"] == b["pgd"]
+            assert a["per_class"]["noisy"] == b["per_class"]["noisy"]
+        assert r.disagreement["clean"] is None
+        assert r.disagreement["noisy"] == full.disagreement["noisy"]
+        text = r.summary()
+        assert "clean" not in text.split("\n")[-1] and " - " in text
+
+    def test_summary_without_noise(self, setup):
+        model, _, x, y = setup
+        text = evaluation.evaluate(model, x, y).summary()
+        assert text.splitlines()[1].split()[2:] == ["-", "-"]
+
     def test_flatbuffer_alone(self, setup):
         model, flatbuffer, x, y = setup
         r = evaluation.evaluate(flatbuffer, x, y, epsilon=0.1, draws=1)
