@@ -46,7 +46,7 @@ import time
 import numpy as np
 
 from larq_l1inf._keras import tf
-from larq_l1inf.utils import write_atomic, write_json
+from larq_l1inf.utils import to_json_value, write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,9 @@ class TrainConfig:
         return cls(**values)
 
     def to_dict(self):
-        return {k: _plain(v) for k, v in dataclasses.asdict(self).items()}
+        """The settings as plain JSON/YAML values (tuples become lists); TypeError or
+        ValueError names a setting JSON cannot hold (an object, a NaN)."""
+        return to_json_value(dataclasses.asdict(self), "TrainConfig")
 
     def validate(self):
         """Check every setting; raise ValueError saying what to use instead. Returns self."""
@@ -309,17 +311,6 @@ class TrainConfig:
                              f"drop it for --robust {self.robust}.")
 
 
-def _plain(value):
-    """Config values as YAML/JSON-safe plain Python (tuples become lists)."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _check_int(value, name, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
@@ -380,7 +371,7 @@ def config_differences(saved, given):
     for key, value in given.items():
         if key in RUNTIME_KEYS:
             continue
-        if _plain(saved.get(key)) != _plain(value):
+        if to_json_value(saved.get(key), key) != to_json_value(value, key):
             out[key] = (saved.get(key), value)
     return out
 

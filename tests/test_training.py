@@ -221,6 +221,16 @@ class TestConfig:
         assert training.config_differences(saved, tiny_config().to_dict()) == {}
         assert "log_bounds" in training.config_differences(saved, {"log_bounds": True})
 
+        # tuples and NumPy values compare as their plain JSON forms
+        assert training.config_differences({"epsilon": [0.05, 0.1], "draws": 3},
+                                           {"epsilon": (0.05, 0.1), "draws": np.int64(3)}) == {}
+
+    def test_a_setting_json_cannot_hold_is_named(self):
+        with pytest.raises(TypeError, match="TrainConfig.variant_options.f"):
+            tiny_config(variant_options={"f": object()}).to_dict()
+        with pytest.raises(ValueError, match="TrainConfig.data_options.scale"):
+            tiny_config(data_options={"scale": float("nan")}).to_dict()
+        assert tiny_config(epsilon=(0.05, 0.1)).to_dict()["epsilon"] == [0.05, 0.1]
 
 def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "evaluation.json"
