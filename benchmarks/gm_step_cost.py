@@ -17,7 +17,9 @@ The model: float 3x3 stem (16 channels), batch norm, two binary 3x3 convolutions
 channels, the second strided; `ste_sign` inputs and kernels, `weight_clip`,
 `L1InfRegularizer`), batch norm after each, global average pooling, float Dense head. Data
 are random tensors held in memory (the input pipeline is not measured). Adam, as the IBP /
-CROWN-IBP recipes the GM paper builds on use.
+CROWN-IBP recipes the GM paper builds on use. `--jit-compile` compiles every step (plain
+and GM alike) with XLA, which fuses the elementwise interval work, and adds the plain step
+without XLA (`plain-no-xla`) as the reference in absolute time.
 """
 
 import argparse
@@ -61,15 +63,16 @@ def build(name, args):
     model = small_bnn((args.size, args.size, 1))
     if "[" in name:  # e.g. "ibp[generic]-N2": IBP with another BINARY_RADIUS mode
         name = name.split("[")[0] + name.split("]")[1]
-    if name == "plain":
+    if name in ("plain", "plain-no-xla"):
         model.compile(tf.keras.optimizers.Adam(1e-3),
-                      tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                      tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=args.jit_compile and name == "plain")
         return model
     term, n = name.split("-N")
     gm = GMRobustModel(model, epsilon=args.epsilon, robust=term, robustness_size=int(n),
                        pgd_iterations=args.pgd_iterations, seed=args.seed,
                        final_beta=args.final_beta if term == "crown-ibp" else 1.0)
-    gm.compile(tf.keras.optimizers.Adam(1e-3))
+    gm.compile(tf.keras.optimizers.Adam(1e-3), jit_compile=args.jit_compile)
     return gm
 
 
@@ -91,6 +94,8 @@ def main(argv=None):
                    help="larq_l1inf.ibp.BINARY_RADIUS modes to time the IBP term with; the "
                         "first is named ibp-N<n>, the others ibp[<mode>]-N<n>")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jit-compile", action="store_true",
+                   help="compile every step with XLA (fuses the elementwise interval ops)")
     p.add_argument("--out", default="docs/measurements/gm_step_cost.json")
     args = p.parse_args(argv)
     if min(args.batch, args.size, args.steps, args.repeats, *args.ns) < 1:
@@ -104,6 +109,8 @@ def main(argv=None):
     configs = ["plain"] + [f"{t}-N{n}" for t in args.terms for n in args.ns]
     configs += [f"ibp[{mode}]-N{n}" for mode in args.binary_radius[1:] for n in args.ns
                 if "ibp" in args.terms]
+    if args.jit_compile:  # the XLA steps' reference in absolute time: the usual plain step
+        configs.append("plain-no-xla")
 
     runners = {}
     for c in configs:
@@ -141,7 +148,7 @@ def main(argv=None):
     results = {}
     for c in configs:
         med = float(np.median(times[c]))
-        n = None if c == "plain" else int(c.split("-N")[1])
+        n = int(c.split("-N")[1]) if "-N" in c else None
         target = n is not None and c.startswith("ibp")  # the N + 1.5 target is the IBP term's
         results[c] = {
             "seconds_per_step_median": med,
