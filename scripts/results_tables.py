@@ -44,13 +44,21 @@ def shown_ranges(result):
 
 
 def verdict_sentence(result):
-    """One sentence: did the paper's direction reproduce (interval excludes zero, right sign)?"""
+    """One sentence: did the paper's direction reproduce (interval excludes zero, right sign)?
+
+    Under noise, every shown range counts (the paper's and the hard one); a resolved
+    difference names the ranges where it was resolved. Extra measures (PGD, verified accuracy)
+    get a sentence of their own."""
     comparisons = result["comparisons"]
     ranges = shown_ranges(result)
     higher, lower, open_ = [], [], []
     for c in comparisons:
         verdicts = {c["noisy"][i]["verdict"] for i in ranges}
         label = f"{c['treatment']} vs {c['reference']}"
+        resolved = [eps_label(result["epsilons"][i]) for i in ranges
+                    if c["noisy"][i]["verdict"] in ("higher", "lower")]
+        if resolved and ("higher" in verdicts) != ("lower" in verdicts):
+            label += " (at " + ", ".join(resolved) + ")"
         # A resolved difference under noise that clean accuracy shows too (same sign) is a
         # clean-accuracy gap, not robustness: say so.
         if "higher" in verdicts and c["clean"]["verdict"] == "higher":
@@ -73,6 +81,7 @@ def verdict_sentence(result):
         parts.append("not resolved (interval contains zero, or mixed signs) for "
                      + ", ".join(open_))
     head = f"Paper: {result['claim']}. Here ({seeds} paired seeds): " + "; ".join(parts) + "."
+    head += extra_verdicts(result)
     if result.get("direction") == "higher":
         if comparisons and len(higher) == len(comparisons):
             tail = " The paper's direction reproduced for every comparison."
@@ -81,8 +90,32 @@ def verdict_sentence(result):
         else:
             tail = " The paper's direction did not reproduce at this scale."
     else:
-        tail = " The paper makes no claim here; the numbers stand on their own."
+        tail = " No direction under noise is claimed; the numbers stand on their own."
     return head + tail
+
+
+def extra_verdicts(result):
+    """The resolved paired differences of the extra measures (PGD, verified accuracy), as a
+    sentence; empty for a recipe without them."""
+    higher, lower, any_measure = [], [], False
+    for c in result["comparisons"]:
+        measured = ([("PGD", c["pgd"])] if "pgd" in c else []) + [
+            (f"{name} eps {v['epsilon']:g}", v)
+            for key, name in (("verified", "IBP-verified"), ("verified_crown", "CROWN-IBP-verified"))
+            for v in c.get(key, [])]
+        any_measure = any_measure or bool(measured)
+        for want, out in (("higher", higher), ("lower", lower)):
+            names = [name for name, d in measured if d["verdict"] == want]
+            if names:
+                out.append(f"{c['treatment']} vs {c['reference']} ({', '.join(names)})")
+    if not any_measure:
+        return ""
+    if not higher and not lower:
+        return " Under PGD and verification: no paired difference resolved."
+    parts = ([f"higher for {'; '.join(higher)}"] if higher else []) + (
+        [f"lower for {'; '.join(lower)}"] if lower else [])
+    return (" Under PGD and verification (interval excludes zero): " + "; ".join(parts)
+            + "; every other difference unresolved.")
 
 
 def table(result):

@@ -224,10 +224,23 @@ def test_verdict_names_a_clean_accuracy_gap():
     def diff(verdict):
         return {"mean": 0.1, "lo": 0.05, "hi": 0.15, "verdict": verdict}
 
-    def result(clean):
+    def result(clean, **extra):
         return {"claim": "c", "seeds": 5, "direction": "higher", "paper_ranges": [0],
-                "comparisons": [{"treatment": "a", "reference": "b", "hard_range": None,
-                                 "clean": diff(clean), "noisy": [diff("higher")]}]}
+                "epsilons": [[0.05, 0.1], [0.2, 0.3]],
+                "comparisons": [{"treatment": "a", "reference": "b", "hard_range": 1,
+                                 "clean": diff(clean),
+                                 "noisy": [diff("unresolved"), diff("higher")], **extra}]}
 
-    assert "clean-accuracy gap" in script["verdict_sentence"](result("higher"))
+    text = script["verdict_sentence"](result("higher"))
+    assert "clean-accuracy gap" in text
+    assert "a vs b (at [0.2, 0.3])" in text  # the range where it was resolved, not [0.05, 0.1]
     assert "clean-accuracy gap" not in script["verdict_sentence"](result("unresolved"))
+    assert "PGD" not in text  # no extra measures, no sentence about them
+    # Extra measures: resolved ones are named with their measure, the rest called unresolved.
+    text = script["verdict_sentence"](result(
+        "unresolved", pgd=diff("lower"),
+        verified=[{"epsilon": 0.01, **diff("higher")}, {"epsilon": 0.1, **diff("unresolved")}]))
+    assert "higher for a vs b (IBP-verified eps 0.01)" in text and "lower for a vs b (PGD)" in text
+    assert "eps 0.1" not in text
+    assert "no paired difference resolved" in script["verdict_sentence"](
+        result("unresolved", pgd=diff("unresolved")))
