@@ -1000,7 +1000,8 @@ def train(config, out_dir, *, data=None, resume=False, verbose=None, plots=True,
     the flatbuffer on identical clean and noisy test inputs (and PGD with `pgd_epsilon`),
     and plot the training curves. Every file is written atomically; `status.json` says
     "failed" with the error if anything raised (the checkpoints stay, resume with
-    `resume=True`).
+    `resume=True`). Multi-worker: every worker calls `train` alike; only the chief writes
+    `out_dir` (see `fit`).
 
     # Arguments
     config: a `TrainConfig`.
