@@ -69,6 +69,7 @@ __all__ = [
     "make_strategy",
     "read_history",
     "save_config",
+    "strategy_free_copy",
     "train",
     "train_dataset",
     "worker_dir",
@@ -1061,10 +1062,26 @@ def save_model(model, path):
             shutil.rmtree(tmp)
 
 
+def strategy_free_copy(model):
+    """`model` itself, or, for a model built under a `tf.distribute` strategy, a copy of it
+    with plain variables: what the saved model holds.
+
+    Under a strategy `predict` reads each replica's own batch-norm moving statistics (synced
+    only on read) and gathers the outputs of all workers; the copy, made on every worker
+    (reading the synced values is a collective), predicts alone like the saved model.
+    """
+    if model.distribute_strategy is tf.distribute.get_strategy():
+        return model
+    copy = tf.keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _finish(config, data, model, out_dir, run_dir, plots, convert_in_process):
     """Save, convert, evaluate and plot into `run_dir` (this worker's `out_dir`)."""
     from larq_l1inf import deploy
 
+    model = strategy_free_copy(model)
     save_model(model, os.path.join(run_dir, "model"))
     flatbuffer = None
     if config.convert:

@@ -146,6 +146,11 @@ def run_workers(tmp_path, out_dir, name, config=CONFIG, timeout=240, **env):
     return loaded
 
 
+def load_test_split():
+    config = training.TrainConfig.from_dict({**CONFIG, "distribute": "none"})
+    return training.load_data(config).arrays("test")
+
+
 def tree(path):
     return sorted(os.path.relpath(os.path.join(d, f), path)
                   for d, _, files in os.walk(path) for f in files)
@@ -184,6 +189,13 @@ def assert_one_run(out_dir, chief, worker, epochs, other_workers=()):
     assert_equal_weights(chief["weights"], worker["weights"])
     saved = tf.keras.models.load_model(out_dir / "model", compile=False)
     assert_equal_weights(saved.get_weights(), chief["weights"])
+    # evaluation.json is the saved model's evaluation.
+    x, y = load_test_split()
+    keras = json.loads((out_dir / "evaluation.json").read_text())["models"]["keras"]
+    predicted = np.argmax(saved.predict(x, verbose=0), axis=-1)
+    assert keras["clean"] == pytest.approx(float(np.mean(predicted == y)))
+    assert keras["per_class"]["clean"] == pytest.approx(
+        [float(np.mean(predicted[y == c] == c)) for c in range(10)])
     assert chief["history"] == worker["history"] and len(chief["history"]["loss"]) == epochs
 
 
@@ -239,7 +251,8 @@ def test_two_workers_resume_to_the_uninterrupted_weights(tiny_run, resumed_run):
 
 @two_processes
 def test_two_workers_of_the_cli_write_one_run(tmp_path):
-    """`larq-l1inf train --distribute mirrored` on the demo backbone, as a user runs it."""
+    """`larq-l1inf train --distribute mirrored` on the demo backbone, as a user runs it,
+    converted with LCE."""
     script = tmp_path / "cli.py"
     script.write_text("import sys\nfrom larq_l1inf.cli import main\nsys.exit(main())\n")
     out_dir = tmp_path / "run"
@@ -248,7 +261,7 @@ def test_two_workers_of_the_cli_write_one_run(tmp_path):
         [sys.executable, str(script), "train", "--backbone", "demo", "--width", "4",
          "--dataset", "digits", "--data-option", "size=8", "--train-size", "64",
          "--test-size", "16", "--epochs", "2", "--batch-size", "16", "--draws", "2",
-         "--no-convert", "--distribute", "mirrored", "--out", str(out_dir)],
+         "--distribute", "mirrored", "--out", str(out_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="",
                  TF_CPP_MIN_LOG_LEVEL="2",
@@ -266,8 +279,13 @@ def test_two_workers_of_the_cli_write_one_run(tmp_path):
     files = tree(out_dir)
     assert not [f for f in files if "workertemp" in f or ".tmp" in f], files
     assert {"config.yaml", "history.csv", "evaluation.json", "model/saved_model.pb",
-            "training_curves.png", "weight_histograms.png", "feature_maps.png"} <= set(files)
+            "model.tflite", "training_curves.png", "weight_histograms.png",
+            "feature_maps.png"} <= set(files)
     assert json.loads((out_dir / "status.json").read_text())["state"] == "finished"
+    # The Keras model is evaluated as saved (synced batch-norm statistics, inputs in order):
+    # it predicts what its flatbuffer predicts.
+    evaluation = json.loads((out_dir / "evaluation.json").read_text())
+    assert evaluation["disagreement"] == {"clean": 0, "noisy": [0, 0], "pgd": None}
     assert len((out_dir / "history.csv").read_text().splitlines()) == 1 + 2
     events = [f for f in files if "tfevents" in f]
     assert len(events) == 1 and f".{procs[0].pid}." in events[0], events
