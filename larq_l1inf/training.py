@@ -31,8 +31,10 @@ resumed run sees the batches an uninterrupted run would have seen.
     ```
 """
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import inspect
 import json
 import logging
@@ -64,10 +66,13 @@ __all__ = [
     "load_config",
     "load_data",
     "make_regularizer",
+    "make_strategy",
     "read_history",
     "save_config",
+    "strategy_free_copy",
     "train",
     "train_dataset",
+    "worker_dir",
 ]
 
 #: `--regularizer` name -> what it means (the kernel penalties live in `larq_l1inf.regularizers`
@@ -444,6 +449,8 @@ def load_data(config):
     """
     from larq_l1inf import data
 
+    # Loading may run TensorFlow ops; a multi-worker strategy must exist before the first one.
+    make_strategy(config.distribute)
     return data.load(config.dataset, data_dir=config.data_dir, seed=config.seed,
                      **dict(config.data_options))
 
@@ -567,18 +574,88 @@ def full_precision_clone(model):
 # --------------------------------------------------------------------------- fit
 
 
+#: The process's `MultiWorkerMirroredStrategy`: TensorFlow configures collective ops once.
+_multi_worker_strategy = None
+
+
 def make_strategy(name):
-    """`tf.distribute` strategy for `--distribute`: None for "none"."""
+    """`tf.distribute` strategy for `--distribute`: None for "none".
+
+    "mirrored" is `MirroredStrategy` over the local GPUs (or logical CPUs), or, when
+    TF_CONFIG is set, `MultiWorkerMirroredStrategy`, created once per process and reused.
+
+    # Raises
+    RuntimeError: TF_CONFIG is set and TensorFlow ran an op before this call.
+    """
+    global _multi_worker_strategy
     if name == "none":
+        if "TF_CONFIG" in os.environ:
+            _warn_tf_config_unused()
         return None
     if "TF_CONFIG" in os.environ:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if _multi_worker_strategy is None:
+            try:
+                _multi_worker_strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            except RuntimeError as error:
+                raise RuntimeError(
+                    "TF_CONFIG is set, and MultiWorkerMirroredStrategy must be created before "
+                    "TensorFlow runs its first op: call larq_l1inf.training.make_strategy("
+                    "'mirrored') (or load_data) at the start of the program."
+                ) from error
+        return _multi_worker_strategy
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     # With no GPU, mirror over the logical CPUs (MirroredStrategy() alone would use CPU:0 only).
     devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
     if len(devices) < 2:
         log.warning("--distribute mirrored: only one device (%s); training on it.", devices)
     return tf.distribute.MirroredStrategy(devices=devices)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_tf_config_unused():
+    log.warning("TF_CONFIG is set but --distribute is 'none': every worker trains alone (into "
+                "the same --out if given); use --distribute mirrored for multi-worker training.")
+
+
+@contextlib.contextmanager
+def worker_dir(out_dir, strategy):
+    """The directory this worker writes the files of `out_dir` to.
+
+    Under `MultiWorkerMirroredStrategy` every worker runs the same code, since saving a
+    model or reading a synced variable is a collective op all workers must join, but only
+    the chief writes `out_dir`; another worker writes to a temporary directory of its own,
+    removed on exit (what Keras's own callbacks do). Without a strategy, with
+    `MirroredStrategy` and on the chief it is `out_dir` itself.
+
+    # Arguments
+    out_dir: the run directory, or None.
+    strategy: the strategy of `make_strategy`, or None.
+
+    # Returns
+    A context manager giving the directory (None when `out_dir` is None).
+    """
+    if out_dir is None or strategy is None or strategy.extended.should_checkpoint:
+        yield out_dir
+        return
+    resolver = strategy.cluster_resolver
+    tmp = tempfile.mkdtemp(prefix=f"larq-l1inf-{resolver.task_type}{resolver.task_id}-")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _any_worker(strategy, flag):
+    """Whether `flag` is true on any worker (with a strategy, a collective all must join).
+
+    Workers that agree before one of them writes take the same branch: a check of a file
+    the chief writes next could otherwise see it on a slower worker.
+    """
+    if strategy is None:
+        return bool(flag)
+    flags = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(int(bool(flag))))
+    return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None).numpy())
 
 
 def _optimizer(config, steps_per_epoch):
@@ -645,6 +722,10 @@ def fit(config, data=None, *, out_dir=None, verbose=None, callbacks=(), build=No
     `out_dir` continues from the last completed epoch (weights, optimizer state, epoch,
     schedules and batch order), ending with the weights of an uninterrupted run.
 
+    Multi-worker (`distribute="mirrored"` with TF_CONFIG set): every worker calls `fit` with
+    the same arguments; only the chief writes `out_dir` (see `worker_dir`), which must be a
+    directory all workers see, since they all resume from the chief's backup.
+
     # Arguments
     config: a `TrainConfig` (validated here).
     data: a `larq_l1inf.data.Data` (or `ArrayData`); None loads `config.dataset`.
@@ -668,6 +749,12 @@ def fit(config, data=None, *, out_dir=None, verbose=None, callbacks=(), build=No
         log.warning("The dataset %s has no default noise range; set `epsilon`.", data.name)
     verbose = fit_verbosity() if verbose is None else verbose
     strategy = make_strategy(config.distribute)
+    with worker_dir(out_dir, strategy) as write_dir:
+        return _fit(config, data, strategy, out_dir, write_dir, verbose, callbacks, build)
+
+
+def _fit(config, data, strategy, out_dir, write_dir, verbose, callbacks, build):
+    # Every worker resumes from the chief's backup; each writes its files to `write_dir`.
     initial_epoch = _backup_epoch(os.path.join(out_dir, "backup")) if out_dir else 0
     # Same seed, same initial weights and batches (tf.data's shuffle seeds combine with the
     # global seed): paired runs with and without the penalty start equal.
@@ -677,7 +764,7 @@ def fit(config, data=None, *, out_dir=None, verbose=None, callbacks=(), build=No
     with scope:
         model, deploy_model = (build or build_model)(config, data)
         if config.regularizer == "lcr":
-            model = _lcr_model(model, config, data, out_dir, verbose)
+            model = _lcr_model(model, config, data, out_dir, verbose, write_dir)
         if config.robust != "none":
             model = gm_model(model, config, steps)
         model.compile(
@@ -700,18 +787,21 @@ def fit(config, data=None, *, out_dir=None, verbose=None, callbacks=(), build=No
                                     bounds=bool(config.log_bounds)))
     recipe += schedules + list(callbacks) + [tf.keras.callbacks.TerminateOnNaN()]
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        csv_path = os.path.join(out_dir, "history.csv")
+        os.makedirs(write_dir, exist_ok=True)
+        csv_path = os.path.join(write_dir, "history.csv")
         _truncate_csv(csv_path, initial_epoch)
         recipe += [
             # Epoch scalars only: the graph write cost seconds at the first batch (profiling
             # and per-batch summaries stay off too); `L1InfCallback`'s scalars are epoch logs.
-            tf.keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch",
+            tf.keras.callbacks.TensorBoard(os.path.join(write_dir, "logs"), update_freq="epoch",
                                            write_graph=False, profile_batch=0),
             tf.keras.callbacks.CSVLogger(csv_path, append=initial_epoch > 0),
             tf.keras.callbacks.ModelCheckpoint(
-                os.path.join(out_dir, "checkpoints", "epoch_{epoch:03d}"), save_weights_only=True),
+                os.path.join(write_dir, "checkpoints", "epoch_{epoch:03d}"),
+                save_weights_only=True),
             # Last, so an epoch counts as done only after everything above has been written.
+            # `out_dir` on every worker: all restore the chief's backup (Keras sends the
+            # other workers' writes to temporary directories).
             tf.keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup"),
                                                 delete_checkpoint=False),
         ]
@@ -761,15 +851,19 @@ def gm_model(model, config, steps_per_epoch):
         final_beta=float(config.gm_final_beta))
 
 
-def _lcr_model(model, config, data, out_dir=None, verbose=0):
+def _lcr_model(model, config, data, out_dir=None, verbose=0, write_dir=None):
     from larq_l1inf.lcr import LCRModel
 
     # Stages found from the graph (lcr.find_stages); delta None is the official lam 8 / (B * 1e4).
-    return LCRModel(model, lcr_teacher(model, config, data, out_dir, verbose), lam=config.delta)
+    teacher = lcr_teacher(model, config, data, out_dir, verbose, write_dir=write_dir)
+    return LCRModel(model, teacher, lam=config.delta)
 
 
-def lcr_teacher(model, config, data, out_dir=None, verbose=0):
+def lcr_teacher(model, config, data, out_dir=None, verbose=0, *, write_dir=None):
     """LCR's full-precision teacher of `model` as `config.lcr_teacher` asks (see `TrainConfig`).
+
+    A trained teacher is loaded from `out_dir/teacher/` when there, else saved to
+    `write_dir/teacher/` (default `out_dir`; see `worker_dir`).
 
     # Returns
     The teacher, a `full_precision_clone(model)`: trained, loaded or untrained.
@@ -798,6 +892,7 @@ def lcr_teacher(model, config, data, out_dir=None, verbose=0):
     log.warning("LCR: training the full-precision teacher (%d epochs).", config.epochs)
     teacher.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, verbose=verbose)
     if path:
+        path = os.path.join(write_dir or out_dir, "teacher", "weights.h5")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         teacher.save_weights(path)
     return teacher
@@ -906,7 +1001,8 @@ def train(config, out_dir, *, data=None, resume=False, verbose=None, plots=True,
     the flatbuffer on identical clean and noisy test inputs (and PGD with `pgd_epsilon`),
     and plot the training curves. Every file is written atomically; `status.json` says
     "failed" with the error if anything raised (the checkpoints stay, resume with
-    `resume=True`).
+    `resume=True`). Multi-worker: every worker calls `train` alike; only the chief writes
+    `out_dir` (see `fit`).
 
     # Arguments
     config: a `TrainConfig`.
@@ -925,26 +1021,29 @@ def train(config, out_dir, *, data=None, resume=False, verbose=None, plots=True,
     ConfigMismatchError: `resume` with a config that differs from the saved one.
     """
     config.validate()
-    config_path = os.path.join(out_dir, "config.yaml")
+    # Before data loading, which may run the first TensorFlow op (see `make_strategy`).
+    strategy = make_strategy(config.distribute)
     if resume:
         resume_config(out_dir, config.to_dict())
-    elif os.path.exists(config_path):
+    # Agreed by all workers before the chief writes config.yaml, which a slower one would see.
+    elif _any_worker(strategy, os.path.exists(os.path.join(out_dir, "config.yaml"))):
         raise FileExistsError(
             f"{out_dir} already holds a run; continue it with --resume {out_dir}, or choose "
             "another --out."
         )
     if data is None:  # before any file is written: a missing dataset leaves no run behind
         data = load_data(config)
-    if not resume:
-        save_config(config, config_path)
-    _set_status(out_dir, "running")
-    try:
-        model, _ = fit(config, data, out_dir=out_dir, verbose=verbose)
-        result = _finish(config, data, model, out_dir, plots, convert_in_process)
-    except BaseException as error:
-        _set_status(out_dir, "failed", error=f"{type(error).__name__}: {error}")
-        raise
-    _set_status(out_dir, "finished")
+    with worker_dir(out_dir, strategy) as run_dir:
+        if not resume:
+            save_config(config, os.path.join(run_dir, "config.yaml"))
+        _set_status(run_dir, "running")
+        try:
+            model, _ = fit(config, data, out_dir=out_dir, verbose=verbose)
+            result = _finish(config, data, model, out_dir, run_dir, plots, convert_in_process)
+        except BaseException as error:
+            _set_status(run_dir, "failed", error=f"{type(error).__name__}: {error}")
+            raise
+        _set_status(run_dir, "finished")
     return result
 
 
@@ -963,14 +1062,31 @@ def save_model(model, path):
             shutil.rmtree(tmp)
 
 
-def _finish(config, data, model, out_dir, plots, convert_in_process):
+def strategy_free_copy(model):
+    """`model` itself, or, for a model built under a `tf.distribute` strategy, a copy of it
+    with plain variables: what the saved model holds.
+
+    Under a strategy `predict` reads each replica's own batch-norm moving statistics (synced
+    only on read) and gathers the outputs of all workers; the copy, made on every worker
+    (reading the synced values is a collective), predicts alone like the saved model.
+    """
+    if model.distribute_strategy is tf.distribute.get_strategy():
+        return model
+    copy = tf.keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _finish(config, data, model, out_dir, run_dir, plots, convert_in_process):
+    """Save, convert, evaluate and plot into `run_dir` (this worker's `out_dir`)."""
     from larq_l1inf import deploy
 
-    save_model(model, os.path.join(out_dir, "model"))
+    model = strategy_free_copy(model)
+    save_model(model, os.path.join(run_dir, "model"))
     flatbuffer = None
     if config.convert:
         flatbuffer = deploy.convert(model, in_process=convert_in_process)
-        write_atomic(os.path.join(out_dir, "model.tflite"), bytes(flatbuffer))
+        write_atomic(os.path.join(run_dir, "model.tflite"), bytes(flatbuffer))
         # Variants LCE keeps float (DoReFa, ABC, AdaBin, 1-D convs) still deploy; say so.
         deploy.check_binarized(flatbuffer, model, on_failure="warn")
     x, y = data.arrays("test")
@@ -982,10 +1098,11 @@ def _finish(config, data, model, out_dir, plots, convert_in_process):
     evaluation["dataset"] = dict(getattr(data, "config", {}) or {"name": data.name})
     if flatbuffer is not None:
         evaluation["flatbuffer"] = {"bytes": len(flatbuffer), "op_counts": deploy.op_counts(flatbuffer)}
-    write_json(evaluation, os.path.join(out_dir, "evaluation.json"))
+    write_json(evaluation, os.path.join(run_dir, "evaluation.json"))
+    # The chief's history on every worker: `fit` wrote it before the collective backups.
     history = read_history(os.path.join(out_dir, "history.csv"))
     if plots:
-        write_plots(out_dir, model, data, epsilon, config.seed)
+        write_plots(run_dir, model, data, epsilon, config.seed)
     print(result.summary())
     return RunResult(out_dir, model, history, evaluation, flatbuffer)
 
