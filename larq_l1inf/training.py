@@ -450,7 +450,8 @@ def load_data(config):
     from larq_l1inf import data
 
     # Loading may run TensorFlow ops; a multi-worker strategy must exist before the first one.
-    make_strategy(config.distribute)
+    if "TF_CONFIG" in os.environ:
+        make_strategy(config.distribute)
     return data.load(config.dataset, data_dir=config.data_dir, seed=config.seed,
                      **dict(config.data_options))
 
