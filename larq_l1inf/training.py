@@ -485,6 +485,19 @@ def train_dataset(data, config, initial_epoch=0):
     return dataset.prefetch(tf.data.AUTOTUNE), steps
 
 
+def _iterated_once(dataset):
+    """`dataset` for `Model.fit(steps_per_epoch=...)`: endless, so Keras iterates it once.
+
+    Keras makes an iterator before the first epoch and, for a dataset of exactly
+    `steps_per_epoch` batches (one epoch left: a one-epoch run, or a resume into the last
+    epoch), makes a new one every epoch; a pipeline that reshuffles on every iteration
+    (`Data.dataset(shuffle=True)`) then trains on its second order, not the order an
+    uninterrupted run sees. An endless dataset is never re-iterated; `fit` stops after
+    `epochs * steps_per_epoch` batches, before the repetition.
+    """
+    return dataset.repeat()
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -809,7 +822,7 @@ def _fit(config, data, strategy, out_dir, write_dir, verbose, callbacks, build):
         log.warning("%s: all %d epochs are trained; nothing left to fit.", out_dir, config.epochs)
     elif initial_epoch:
         log.warning("Resuming %s at epoch %d of %d.", out_dir, initial_epoch + 1, config.epochs)
-    history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps,
+    history = model.fit(_iterated_once(dataset), epochs=config.epochs, steps_per_epoch=steps,
                         initial_epoch=initial_epoch, callbacks=recipe, verbose=verbose)
     losses = history.history.get("loss", [])
     if losses and not all(math.isfinite(v) for v in losses):
@@ -890,7 +903,8 @@ def lcr_teacher(model, config, data, out_dir=None, verbose=0, *, write_dir=None)
                     loss=tf.keras.losses.SparseCategoricalCrossentropy(
                         from_logits=_outputs_logits(teacher)))
     log.warning("LCR: training the full-precision teacher (%d epochs).", config.epochs)
-    teacher.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, verbose=verbose)
+    teacher.fit(_iterated_once(dataset), epochs=config.epochs, steps_per_epoch=steps,
+                verbose=verbose)
     if path:
         path = os.path.join(write_dir or out_dir, "teacher", "weights.h5")
         os.makedirs(os.path.dirname(path), exist_ok=True)
