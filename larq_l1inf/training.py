@@ -701,6 +701,26 @@ class ResumeSchedules(tf.keras.callbacks.Callback):
             self._synced = True
 
 
+class AverageReplicaStatistics(tf.keras.callbacks.Callback):
+    """Sets every replica's on-read variables (BatchNorm's moving statistics) to their
+    aggregate over replicas at the end of every epoch.
+
+    A checkpoint holds an on-read variable's aggregate (the mean over replicas), and a
+    restore gives every replica that value. An uninterrupted run that kept per-replica values
+    would average them in another order, and its statistics would differ from a resumed
+    run's by float rounding; averaged at every epoch end, as the backup is, both runs
+    compute alike. Training uses batch statistics, so this changes no trained weight.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        strategy = self.model.distribute_strategy
+        with strategy.scope():
+            on_read = tf.VariableSynchronization.ON_READ
+            for variable in self.model.non_trainable_weights:
+                if getattr(variable, "synchronization", None) == on_read:
+                    variable.assign(variable.read_value())
+
+
 def _backup_epoch(backup_dir):
     """The number of epochs a BackupAndRestore checkpoint holds (0 without one)."""
     path = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
@@ -794,6 +814,8 @@ def _fit(config, data, strategy, out_dir, write_dir, verbose, callbacks, build):
 
     schedules = get_variant(config.variant, **config.variant_options).callbacks(config.epochs, steps)
     recipe = [ResumeSchedules(schedules)]
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        recipe.append(AverageReplicaStatistics())
     if penalized_layers(model):
         # Before TensorBoard, which then logs its scalars; it also attaches product penalties.
         recipe.append(L1InfCallback(warmup_epochs=config.warmup_epochs,
