@@ -486,6 +486,19 @@ def train_dataset(data, config, initial_epoch=0):
     return dataset.prefetch(tf.data.AUTOTUNE), steps
 
 
+def _iterated_once(dataset):
+    """`dataset` for `Model.fit(steps_per_epoch=...)`: endless, so Keras iterates it once.
+
+    Keras makes an iterator before the first epoch and, for a dataset of exactly
+    `steps_per_epoch` batches (one epoch left: a one-epoch run, or a resume into the last
+    epoch), makes a new one every epoch; a pipeline that reshuffles on every iteration
+    (`Data.dataset(shuffle=True)`) then trains on its second order, not the order an
+    uninterrupted run sees. An endless dataset is never re-iterated; `fit` stops after
+    `epochs * steps_per_epoch` batches, before the repetition.
+    """
+    return dataset.repeat()
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -689,6 +702,26 @@ class ResumeSchedules(tf.keras.callbacks.Callback):
             self._synced = True
 
 
+class AverageReplicaStatistics(tf.keras.callbacks.Callback):
+    """Sets every replica's on-read variables (BatchNorm's moving statistics) to their
+    aggregate over replicas at the end of every epoch.
+
+    A checkpoint holds an on-read variable's aggregate (the mean over replicas), and a
+    restore gives every replica that value. An uninterrupted run that kept per-replica values
+    would average them in another order, and its statistics would differ from a resumed
+    run's by float rounding; averaged at every epoch end, as the backup is, both runs
+    compute alike. Training uses batch statistics, so this changes no trained weight.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        strategy = self.model.distribute_strategy
+        with strategy.scope():
+            on_read = tf.VariableSynchronization.ON_READ
+            for variable in self.model.non_trainable_weights:
+                if getattr(variable, "synchronization", None) == on_read:
+                    variable.assign(variable.read_value())
+
+
 def _backup_epoch(backup_dir):
     """The number of epochs a BackupAndRestore checkpoint holds (0 without one)."""
     path = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
@@ -782,6 +815,8 @@ def _fit(config, data, strategy, out_dir, write_dir, verbose, callbacks, build):
 
     schedules = get_variant(config.variant, **config.variant_options).callbacks(config.epochs, steps)
     recipe = [ResumeSchedules(schedules)]
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        recipe.append(AverageReplicaStatistics())
     if penalized_layers(model):
         # Before TensorBoard, which then logs its scalars; it also attaches product penalties.
         recipe.append(L1InfCallback(warmup_epochs=config.warmup_epochs,
@@ -810,7 +845,7 @@ def _fit(config, data, strategy, out_dir, write_dir, verbose, callbacks, build):
         log.warning("%s: all %d epochs are trained; nothing left to fit.", out_dir, config.epochs)
     elif initial_epoch:
         log.warning("Resuming %s at epoch %d of %d.", out_dir, initial_epoch + 1, config.epochs)
-    history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps,
+    history = model.fit(_iterated_once(dataset), epochs=config.epochs, steps_per_epoch=steps,
                         initial_epoch=initial_epoch, callbacks=recipe, verbose=verbose)
     losses = history.history.get("loss", [])
     if losses and not all(math.isfinite(v) for v in losses):
@@ -891,7 +926,8 @@ def lcr_teacher(model, config, data, out_dir=None, verbose=0, *, write_dir=None)
                     loss=tf.keras.losses.SparseCategoricalCrossentropy(
                         from_logits=_outputs_logits(teacher)))
     log.warning("LCR: training the full-precision teacher (%d epochs).", config.epochs)
-    teacher.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, verbose=verbose)
+    teacher.fit(_iterated_once(dataset), epochs=config.epochs, steps_per_epoch=steps,
+                verbose=verbose)
     if path:
         path = os.path.join(write_dir or out_dir, "teacher", "weights.h5")
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -241,10 +241,6 @@ def test_two_workers_resume_one_run_from_the_chiefs_backup(resumed_run):
 
 
 @two_processes
-@pytest.mark.xfail(strict=True, reason=(
-    "resuming in a new process diverges at the first resumed step, also without "
-    "distribution (weights, momentum, step and batch are equal at the restore point); "
-    "in-process resumes (test_training.TestResume) are exact"))
 def test_two_workers_resume_to_the_uninterrupted_weights(tiny_run, resumed_run):
     assert_equal_weights(resumed_run[3][0]["weights"], tiny_run[2][0]["weights"])
 

@@ -55,6 +55,21 @@ RESUMED_RUNS = {
 }
 
 
+#: A fresh process resumes the run in argv[2] with the config argv[1]; weights to argv[3].
+RESUME = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from larq_l1inf import training
+
+    config = training.TrainConfig.from_dict(json.loads(sys.argv[1]))
+    model, history = training.fit(config, out_dir=sys.argv[2], verbose=0)
+    assert history.epoch == [config.epochs - 1], history.epoch
+    np.savez(sys.argv[3], **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+    """
+)
+
+
 class TestResume:
     @pytest.mark.parametrize("run", list(RESUMED_RUNS))
     def test_resumed_run_ends_with_the_uninterrupted_weights(self, tmp_path, tiny_data, run):
@@ -79,6 +94,30 @@ class TestResume:
         assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]  # no repeated epoch
         assert sorted(p for p in os.listdir(tmp_path / "cut" / "checkpoints")
                       if p.endswith(".index")) == ["epoch_001.index", "epoch_002.index"]
+
+    def test_resume_in_a_new_process_ends_with_the_uninterrupted_weights(self, tmp_path):
+        # A loaded dataset reshuffles on every iteration of its pipeline; with one epoch left
+        # Keras used to iterate the resumed epoch's dataset twice and train on its second order.
+        config = tiny_config(data_options={"size": 8, "channels": 1, "train_size": 128,
+                                           "test_size": 16}, batch_size=32)
+        data = training.load_data(config)
+        steps = 4  # 128 / 32
+        full, _ = training.fit(config, data, verbose=0)
+        tf.keras.backend.clear_session()
+        with pytest.raises(KeyboardInterrupt):
+            training.fit(config, data, out_dir=str(tmp_path / "cut"), verbose=0,
+                         callbacks=[KillAt(steps + 2)])  # inside the last epoch
+        assert training._backup_epoch(str(tmp_path / "cut" / "backup")) == 1
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+        done = subprocess.run([sys.executable, "-c", RESUME, json.dumps(config.to_dict()),
+                               str(tmp_path / "cut"), str(tmp_path / "resumed.npz")],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        resumed = np.load(tmp_path / "resumed.npz")
+        assert len(resumed.files) == len(full.get_weights())
+        for i, w in enumerate(full.get_weights()):
+            np.testing.assert_array_equal(resumed[f"w{i}"], w)
 
     def test_step_schedules_continue_at_the_restored_step(self):
         # CycleBNN's schedule counts steps in Python; after a restore it must not restart at 0.
