@@ -449,9 +449,7 @@ def load_data(config):
     """
     from larq_l1inf import data
 
-    # Loading may run TensorFlow ops; a multi-worker strategy must exist before the first one.
-    if "TF_CONFIG" in os.environ:
-        make_strategy(config.distribute)
+    _multi_worker_strategy_of(config)  # loading may run the first TensorFlow op
     return data.load(config.dataset, data_dir=config.data_dir, seed=config.seed,
                      **dict(config.data_options))
 
@@ -623,6 +621,14 @@ def make_strategy(name):
     if len(devices) < 2:
         log.warning("--distribute mirrored: only one device (%s); training on it.", devices)
     return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def _multi_worker_strategy_of(config):
+    """`make_strategy(config.distribute)` when TF_CONFIG is set, else None: the strategy that
+    must exist before TensorFlow's first op and decides which worker writes (see
+    `worker_dir`). A local `MirroredStrategy` (one process, which writes everything) is made
+    by `fit` alone."""
+    return make_strategy(config.distribute) if "TF_CONFIG" in os.environ else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -1058,8 +1064,7 @@ def train(config, out_dir, *, data=None, resume=False, verbose=None, plots=True,
     ConfigMismatchError: `resume` with a config that differs from the saved one.
     """
     config.validate()
-    # Before data loading, which may run the first TensorFlow op (see `make_strategy`).
-    strategy = make_strategy(config.distribute)
+    strategy = _multi_worker_strategy_of(config)  # before data loading runs the first op
     if resume:
         resume_config(out_dir, config.to_dict())
     # Agreed by all workers before the chief writes config.yaml, which a slower one would see.

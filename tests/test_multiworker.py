@@ -18,12 +18,11 @@ import types
 
 import numpy as np
 import pytest
+from helpers import subprocess_env
 
 from larq_l1inf import training
 from larq_l1inf._keras import tf
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 #: One worker: `training.train` into MW_OUT, then a report (weights, writes into MW_OUT) to
 #: MW_REPORT. MW_TINY swaps the backbone for Flatten-BatchNorm-Dense (quick to trace; its
@@ -116,13 +115,10 @@ def run_workers(tmp_path, out_dir, name, config=CONFIG, timeout=240, **env):
         logs.append(open(tmp_path / f"{name}-worker{index}.log", "w+"))
         procs.append(subprocess.Popen(
             [sys.executable, str(script)], stdout=logs[-1], stderr=subprocess.STDOUT,
-            env=dict(os.environ, TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="",
-                     TF_CPP_MIN_LOG_LEVEL="2",
-                     PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                     TF_CONFIG=json.dumps({"cluster": cluster,
-                                           "task": {"type": "worker", "index": index}}),
-                     MW_CONFIG=json.dumps(config), MW_OUT=str(out_dir),
-                     MW_REPORT=str(reports[-1]), **env)))
+            env=subprocess_env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                                     "task": {"type": "worker", "index": index}}),
+                               MW_CONFIG=json.dumps(config), MW_OUT=str(out_dir),
+                               MW_REPORT=str(reports[-1]), **env)))
     deadline = time.monotonic() + timeout
     codes = []
     try:
@@ -259,11 +255,8 @@ def test_two_workers_of_the_cli_write_one_run(tmp_path):
          "--test-size", "16", "--epochs", "2", "--batch-size", "16", "--draws", "2",
          "--distribute", "mirrored", "--out", str(out_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=dict(os.environ, TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="",
-                 TF_CPP_MIN_LOG_LEVEL="2",
-                 PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                 TF_CONFIG=json.dumps({"cluster": cluster,
-                                       "task": {"type": "worker", "index": index}})))
+        env=subprocess_env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                                 "task": {"type": "worker", "index": index}})))
         for index in range(2)]
     try:
         outputs = [proc.communicate(timeout=400)[0] for proc in procs]
@@ -356,6 +349,9 @@ def test_a_non_chief_worker_runs_the_whole_recipe_but_writes_nothing_of_the_run(
                               num_classes=10)
     config = training.TrainConfig(backbone="demo", dataset="digits", epochs=1, batch_size=16,
                                   convert=False, draws=1)
+    # A worker of a cluster (TF_CONFIG set) whose strategy says it is not the chief.
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:1"] * 2},
+                                                "task": {"type": "worker", "index": 1}}))
     monkeypatch.setattr(training, "make_strategy", lambda name: NonChief())
     monkeypatch.setattr(training, "build_model", tiny_build)
     temp = tf.io.gfile.glob(os.path.join(tempfile.gettempdir(), "larq-l1inf-worker1-*"))
