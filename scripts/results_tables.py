@@ -99,13 +99,10 @@ def extra_verdicts(result):
     sentence; empty for a recipe without them."""
     higher, lower, any_measure = [], [], False
     for c in result["comparisons"]:
-        measured = ([("PGD", c["pgd"])] if "pgd" in c else []) + [
-            (f"{name} eps {v['epsilon']:g}", v)
-            for key, name in (("verified", "IBP-verified"), ("verified_crown", "CROWN-IBP-verified"))
-            for v in c.get(key, [])]
-        any_measure = any_measure or bool(measured)
+        compared = measured(c)
+        any_measure = any_measure or bool(compared)
         for want, out in (("higher", higher), ("lower", lower)):
-            names = [name for name, d in measured if d["verdict"] == want]
+            names = [name for name, d in compared if d["verdict"] == want]
             if names:
                 out.append(f"{c['treatment']} vs {c['reference']} ({', '.join(names)})")
     if not any_measure:
@@ -145,10 +142,7 @@ def table(result):
     for arm, a in arms.items():
         cells = [arm, f"{pct(a['clean']['mean'])} +- {pct(a['clean']['std'])}"]
         cells += [f"{pct(a['noisy'][i]['mean'])} +- {pct(a['noisy'][i]['std'])}" for i in ranges]
-        if "pgd" in a:
-            cells.append(f"{pct(a['pgd']['mean'])} +- {pct(a['pgd']['std'])}")
-        cells += [f"{pct(v['mean'])} +- {pct(v['std'])}"
-                  for key in ("verified", "verified_crown") for v in a.get(key, [])]
+        cells += [f"{pct(v['mean'])} +- {pct(v['std'])}" for _, v in measured(a)]
         if "bops" in a:
             cells += [f"{a['bops']['total_bops'] / 1e6:.2f}", f"{a['bops']['binary_macs'] / 1e6:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -161,9 +155,7 @@ def table(result):
         cells = [f"{c['treatment']} - {c['reference']}", interval(c["clean"])]
         cells += [interval(c["noisy"][i]) + (" (hard)" if i == c["hard_range"] else "")
                   for i in ranges]
-        if "pgd" in c:
-            cells.append(interval(c["pgd"]))
-        cells += [interval(v) for key in ("verified", "verified_crown") for v in c.get(key, [])]
+        cells += [interval(v) for _, v in measured(c)]
         if not c["paired"]:
             cells[0] += " (NOT paired)"
         lines.append("| " + " | ".join(cells) + " |")
@@ -171,15 +163,20 @@ def table(result):
     return "\n".join(lines)
 
 
+def measured(summary):
+    """`(name, entry)` of the compared extra measures of an arm summary or a comparison, in
+    column order: PGD, then IBP- and CROWN-IBP-verified accuracy per epsilon."""
+    out = [("PGD", summary["pgd"])] if "pgd" in summary else []
+    return out + [(f"{name} eps {v['epsilon']:g}", v)
+                  for key, name in (("verified", "IBP-verified"),
+                                    ("verified_crown", "CROWN-IBP-verified"))
+                  for v in summary.get(key, [])]
+
+
 def extra_headers(arm, run):
-    """Column names of a recipe's compared extra measures (PGD, IBP- and CROWN-IBP-verified
-    accuracy)."""
-    out = []
-    if "pgd" in arm:
-        out.append(f"PGD-{run['pgd']['iterations']} eps {run['pgd']['epsilon']:g}")
-    out += [f"IBP-verified eps {v['epsilon']:g}" for v in arm.get("verified", [])]
-    out += [f"CROWN-IBP-verified eps {v['epsilon']:g}" for v in arm.get("verified_crown", [])]
-    return out
+    """Column names of `measured(arm)`; PGD's names its iterations and epsilon (from a run)."""
+    return [f"PGD-{run['pgd']['iterations']} eps {run['pgd']['epsilon']:g}" if name == "PGD"
+            else name for name, _ in measured(arm)]
 
 
 def plot(result, path):
