@@ -252,6 +252,7 @@ class EvaluationResult:
     def summary(self):
         """A plain-text table."""
         lines = [f"{'model':<8} {'clean':>8} {'noisy (mean +- std)':>22} {'PGD':>8}"]
+
         def pct(v):
             return "-" if v is None else f"{100 * v:.2f}%"
 

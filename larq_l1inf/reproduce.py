@@ -589,13 +589,14 @@ def run_recipe(name, *, quick=False, out_dir="reproduce_runs", results_dir="docs
             config = dataclasses.replace(config, seed=seed)
             run_dir = os.path.join(root, arm.replace("/", "_"), f"seed_{seed}")
             log.warning("%s: %s seed %d", name, arm, seed)
+            finished = os.path.exists(os.path.join(run_dir, "result.json"))
             # Scanned once: a finished identical run of another recipe is copied, not trained.
-            source = (None if os.path.exists(os.path.join(run_dir, "result.json"))
+            source = (None if finished
                       else find_finished_run(out_dir, config, epsilons, recipe.evaluate))
             if source is not None:
                 runs[arm].append(copy_finished_run(source, run_dir, out_dir))
                 continue
-            if data is None and not os.path.exists(os.path.join(run_dir, "result.json")):
+            if data is None and not finished:
                 data = training.load_data(config)
             runs[arm].append(run_arm(config, data, run_dir, epsilons, verbose=verbose,
                                      evaluate=recipe.evaluate))
