@@ -113,3 +113,12 @@ def layer_test(layer_cls, kwargs, input_shape, tmp_path, x=None, loss="mse"):
         loaded = tf.keras.models.load_model(path)
         np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
     return expected
+
+
+def subprocess_env(**extra):
+    """The environment of a child Python process running this checkout's `larq_l1inf` on
+    CPU, quiet, with Keras 2: `os.environ` plus `extra`."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="",
+                TF_CPP_MIN_LOG_LEVEL="2",
+                PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)

@@ -8,14 +8,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import subprocess_env
 
 import larq_l1inf
 from larq_l1inf import training, utils
 from larq_l1inf._keras import tf
 from larq_l1inf.data import load_digits
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +106,9 @@ class TestResume:
             training.fit(config, data, out_dir=str(tmp_path / "cut"), verbose=0,
                          callbacks=[KillAt(steps + 2)])  # inside the last epoch
         assert training._backup_epoch(str(tmp_path / "cut" / "backup")) == 1
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
         done = subprocess.run([sys.executable, "-c", RESUME, json.dumps(config.to_dict()),
                                str(tmp_path / "cut"), str(tmp_path / "resumed.npz")],
-                              capture_output=True, text=True, env=env, timeout=300)
+                              capture_output=True, text=True, env=subprocess_env(), timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         resumed = np.load(tmp_path / "resumed.npz")
         assert len(resumed.files) == len(full.get_weights())
@@ -196,10 +192,8 @@ DISTRIBUTED = textwrap.dedent(
 
 
 def test_mirrored_strategy_gives_the_single_device_loss_and_penalty():
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     done = subprocess.run([sys.executable, "-c", DISTRIBUTED], capture_output=True, text=True,
-                          env=env, timeout=600)
+                          env=subprocess_env(), timeout=600)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
     assert lines, done.stderr[-3000:]
     result = json.loads(lines[0][len("RESULT"):])
@@ -270,6 +264,7 @@ class TestConfig:
         with pytest.raises(ValueError, match="TrainConfig.data_options.scale"):
             tiny_config(data_options={"scale": float("nan")}).to_dict()
         assert tiny_config(epsilon=(0.05, 0.1)).to_dict()["epsilon"] == [0.05, 0.1]
+
 
 def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "evaluation.json"
