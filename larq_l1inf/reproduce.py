@@ -369,6 +369,30 @@ def _fingerprint_callback(path):
     return InitialWeights()
 
 
+def _epoch_seconds_callback(path):
+    """Records each epoch's wall seconds in `path` (JSON, epoch -> seconds) as it ends, so a
+    resumed run still knows what the epochs before its restart cost; `.earlier_seconds` is
+    then the sum over the epochs this process did not train."""
+    from larq_l1inf._keras import tf
+
+    class EpochSeconds(tf.keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = _read_json(path) if os.path.exists(path) else {}
+            self.earlier_seconds = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.earlier_seconds is None:  # the first epoch of this process
+                self.earlier_seconds = sum(v for k, v in self.seconds.items() if int(k) < epoch)
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds[str(epoch)] = time.perf_counter() - self.start
+            write_json(self.seconds, path)
+
+    return EpochSeconds()
+
+
 def _accuracies(model, data, epsilons, draws, seed):
     x, y = data.arrays("test")
     clean = training.evaluate_model(model, x, y, epsilon=None, seed=seed).models["keras"]["clean"]
@@ -474,10 +498,15 @@ def run_arm(config, data, run_dir, epsilons, verbose=0, evaluate=None):
         return record
     os.makedirs(run_dir, exist_ok=True)
     fingerprint_path = os.path.join(run_dir, "initial_weights.json")
+    # A resumed run's training time adds what its earlier processes spent on the epochs it
+    # kept (a cut epoch's partial work is lost, and not counted).
+    timer = _epoch_seconds_callback(os.path.join(run_dir, "epoch_seconds.json"))
     start = time.perf_counter()
     model, _ = training.fit(config, data, out_dir=os.path.join(run_dir, "fit"), verbose=verbose,
-                            callbacks=[_fingerprint_callback(fingerprint_path)])
-    train_seconds = time.perf_counter() - start
+                            callbacks=[_fingerprint_callback(fingerprint_path), timer])
+    earlier = timer.earlier_seconds  # None: every epoch had ended before this process
+    train_seconds = time.perf_counter() - start + (
+        sum(timer.seconds.values()) if earlier is None else earlier)
     start = time.perf_counter()
     clean, noisy = _accuracies(model, data, epsilons, config.draws, config.seed)
     extra = extra_measures(model, data, evaluate or {}, config.seed)

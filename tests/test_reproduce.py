@@ -244,3 +244,27 @@ def test_verdict_names_a_clean_accuracy_gap():
     assert "eps 0.1" not in text
     assert "no paired difference resolved" in script["verdict_sentence"](
         result("unresolved", pgd=diff("unresolved")))
+
+
+def test_a_resumed_run_counts_the_epochs_its_earlier_process_trained(tmp_path, monkeypatch):
+    clock = iter([0.0, 10.0, 10.0, 30.0,  # first process: epochs 0 (10 s) and 1 (20 s)
+                  100.0, 104.0])          # resumed after a cut inside epoch 2: epoch 2 (4 s)
+    monkeypatch.setattr(reproduce.time, "perf_counter", lambda: next(clock))
+    path = str(tmp_path / "epoch_seconds.json")
+    first = reproduce._epoch_seconds_callback(path)
+    for epoch in (0, 1):
+        first.on_epoch_begin(epoch)
+        first.on_epoch_end(epoch)
+    assert first.earlier_seconds == 0
+    resumed = reproduce._epoch_seconds_callback(path)  # a new process reads the file back
+    resumed.on_epoch_begin(2)
+    resumed.on_epoch_end(2)
+    assert resumed.earlier_seconds == pytest.approx(30.0)
+    assert json.loads(open(path).read()) == pytest.approx({"0": 10.0, "1": 20.0, "2": 4.0})
+    # A process resumed into epoch 1 (its backup was older) drops epoch 1's earlier time.
+    clock = iter([200.0, 205.0])
+    again = reproduce._epoch_seconds_callback(path)
+    again.on_epoch_begin(1)
+    again.on_epoch_end(1)
+    assert again.earlier_seconds == pytest.approx(10.0)
+    assert json.loads(open(path).read())["1"] == pytest.approx(5.0)
