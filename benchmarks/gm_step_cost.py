@@ -115,19 +115,16 @@ def render(paths, readme):
     """Replace the README block between README_BEGIN and README_END with the tables of the
     reports at `paths` (JSON written by this script), one after another."""
     import json
+    import runpy
 
     tables = []
     for path in paths:
         with open(path) as f:
             tables.append(markdown_table(json.load(f)))
-    with open(readme) as f:
-        text = f.read()
-    if README_BEGIN not in text or README_END not in text:
-        raise SystemExit(f"{readme} has no generated block ({README_BEGIN} ... {README_END})")
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    with open(readme, "w") as f:
-        f.write(head + README_BEGIN + "\n" + "\n".join(tables) + README_END + tail)
+    # The one block writer of the repository's generated README sections.
+    scripts = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts")
+    replace = runpy.run_path(os.path.join(scripts, "results_tables.py"))["replace_readme_block"]
+    replace(readme, "\n".join(tables), README_BEGIN, README_END)
 
 
 def main(argv=None):

@@ -231,16 +231,17 @@ def summary(result):
             + verdict_sentence(result))
 
 
-def replace_readme_block(path, text):
-    """Replace the generated block between README_BEGIN and README_END in `path`."""
+def replace_readme_block(path, text, begin=README_BEGIN, end=README_END):
+    """Replace the generated block between the marker lines `begin` and `end` in `path` (the
+    results summary by default; benchmarks/gm_step_cost.py renders its tables with it too)."""
     with open(path) as f:
         readme = f.read()
-    if README_BEGIN not in readme or README_END not in readme:
-        raise SystemExit(f"{path} has no generated results block ({README_BEGIN} ... {README_END})")
-    head, rest = readme.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
+    if begin not in readme or end not in readme:
+        raise SystemExit(f"{path} has no generated block ({begin} ... {end})")
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
     with open(path, "w") as f:
-        f.write(head + README_BEGIN + "\n" + text + README_END + tail)
+        f.write(head + begin + "\n" + text + end + tail)
 
 
 ORDER = ["table2", "table3", "table7", "table10", "table11", "tables15_16", "reductions",

@@ -118,7 +118,7 @@ def test_recipe_quick_end_to_end(name, tmp_path, monkeypatch):
     """Each recipe in --quick mode on tiny data: its first comparison's two arms, 2 seeds."""
     recipe = reproduce.RECIPES[name]
     treatment, reference = recipe.comparisons[0]
-    result = reproduce.run_recipe(name, quick=True, out_dir=str(tmp_path / "runs"),
+    reproduce.run_recipe(name, quick=True, out_dir=str(tmp_path / "runs"),
                                   results_dir=str(tmp_path / "results"),
                                   overrides=tiny(name), arms=[treatment, reference])
     path = tmp_path / "results" / f"{name}_quick.json"
