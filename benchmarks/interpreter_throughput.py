@@ -33,7 +33,7 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="interpreter threads")
     p.add_argument("--keras-batch", type=int, default=128)
     p.add_argument("--tflite-batch", type=int, default=1, help="flatbuffer batch size")
-    p.add_argument("--out", default="results/benchmarks/interpreter_throughput.json")
+    p.add_argument("--out", default="docs/measurements/interpreter_throughput.json")
     args = p.parse_args()
 
     tf.keras.utils.set_random_seed(0)

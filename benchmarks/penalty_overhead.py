@@ -96,7 +96,7 @@ def main(argv=None):
     parser.add_argument("--reduction", default=None, choices=("log", "sum", "product"),
                         help="default: L1InfRegularizer's")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="results/penalty_overhead.json")
+    parser.add_argument("--out", default="docs/measurements/penalty_overhead.json")
     args = parser.parse_args(argv)
     if min(args.batch_size, args.repeats, args.steps) < 1 or args.warmup < 0:
         parser.error("--batch-size, --repeats and --steps must be >= 1, --warmup >= 0.")

@@ -81,7 +81,7 @@ def main(argv=None):
     p.add_argument("--lcr-lam", type=float, default=None,
                    help="LCR weight (default: the official 8 / (batch * 1e4))")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/training_cost.json")
+    p.add_argument("--out", default="docs/measurements/training_cost.json")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
