@@ -117,8 +117,8 @@ def main(argv=None):
         "crown_not_looser_fraction": float(np.mean(crown_margin >= ibp_margin - 1e-4)),
         "note": "untrained network (random weights): the margins show the bounds' tightness "
                 "only, not a verified accuracy",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs "
-                   "(ratios valid, absolute times not)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average_at_end": os.getloadavg(),  # how busy the machine was
         "python": sys.version.split()[0],
         "tensorflow": tf.__version__,
     }

@@ -89,7 +89,8 @@ def main(argv=None):
         "target": TARGET,
         "within_target": bool(ratio <= TARGET),
         "mean_bound_width": float(np.mean(upper.numpy() - lower.numpy())),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with up to 8 jobs",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average_at_end": os.getloadavg(),  # how busy the machine was
         "python": sys.version.split()[0],
         "tensorflow": tf.__version__,
     }

@@ -175,7 +175,7 @@ def main(argv=None):
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "load_average": os.getloadavg(), "python": sys.version.split()[0],
                     "tensorflow": tf.__version__,
-                    "note": "2 CPU cores shared with other jobs; ratios measured side by side"},
+                    "note": "ratios measured side by side; load_average tells how busy the machine was"},
         "recipe_vs_plain_fit": recipe_vs_plain(args, data),
     }
     if args.skip_xla:
