@@ -111,8 +111,8 @@ def main(argv=None):
         "load_average_after": os.getloadavg(),
         "platform": platform.platform(),
         "tensorflow": tf.__version__,
-        "shared_machine": "2 cores shared by up to 8 processes; the ratio is of medians "
-                          "measured side by side in one run",
+        "note": "the ratio is of medians measured side by side in one run; "
+                "load_average_after tells how busy the machine was",
     }
     print(json.dumps({k: result[k] for k in ("median_seconds", "algorithm1_over_uniform_floor",
                                               "paired_ratios", "loop_over_algorithm1")},
