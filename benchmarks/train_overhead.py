@@ -12,9 +12,12 @@
 2. XLA: a binary ResNet-20 compiled with `jit_compile=True` vs graph mode, from identical
    weights on the same batch: first-step loss and weights compared (correctness), then
    step times interleaved (`train_on_batch`, median).
+3. The recipe's callbacks, every overridden hook timed in one more recipe run
+   (`callback_costs`): what each costs per epoch, after the first.
 
     python benchmarks/train_overhead.py              # ~10-15 min on 2 shared cores
-    python benchmarks/train_overhead.py --skip-xla   # part 1 only; keeps part 2 of --out
+    python benchmarks/train_overhead.py --skip-xla   # parts 1 and 3; keeps part 2 of --out
+    python benchmarks/train_overhead.py --callbacks-only   # part 3 only, into --out
     python benchmarks/train_overhead.py --repeats 1 --epochs 3 --xla-steps 3   # quick look
 """
 
@@ -112,6 +115,70 @@ def recipe_vs_plain(args, data):
     }
 
 
+_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end")
+
+
+class _TimedCallbackList(tf.keras.callbacks.CallbackList):
+    """A CallbackList that times every hook a callback overrides (Keras's default no-op
+    hooks stay unwrapped, so Keras still skips what it skipped)."""
+
+    times = None  # {(callback class, hook): [seconds]}
+
+    def __init__(self, callbacks=None, **kwargs):
+        for callback in callbacks or []:
+            for hook in _HOOKS:
+                method = getattr(callback, hook)
+                if getattr(method, "_is_default", False):
+                    continue
+                setattr(callback, hook, self._timed(type(callback).__name__, hook, method))
+        super().__init__(callbacks, **kwargs)
+
+    @classmethod
+    def _timed(cls, name, hook, method):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                cls.times.setdefault((name, hook), []).append(time.perf_counter() - start)
+        return timed
+
+
+def callback_costs(args, data):
+    """One `training.fit` with a run directory, every recipe callback's hooks timed: per
+    callback and hook the median call and the cost per epoch after the first (whose epoch
+    end traces L1InfCallback's graph and writes the first checkpoint)."""
+    from unittest import mock
+
+    config = training.TrainConfig(backbone=args.backbone, width=args.width, dataset="fashion_mnist",
+                                  regularizer="l1inf", epochs=args.epochs + 1,
+                                  batch_size=args.batch_size, seed=0)
+    _TimedCallbackList.times = {}
+    out = tempfile.mkdtemp(prefix="train_overhead_")
+    try:
+        # Keras builds its CallbackList inside fit; the timed one stands in for it there.
+        module = sys.modules[tf.keras.callbacks.CallbackList.__module__]  # what fit reads
+        with mock.patch.object(module, "CallbackList", _TimedCallbackList):
+            training.fit(config, data, out_dir=out, verbose=0)
+    finally:
+        shutil.rmtree(out)
+    steps = -(-data.splits["train"] // config.batch_size)
+    costs = {}
+    for (name, hook), seconds in sorted(_TimedCallbackList.times.items()):
+        per_epoch = steps if "batch" in hook else 1
+        later = seconds[per_epoch:]  # after the first epoch
+        costs[f"{name}.{hook}"] = {
+            "calls": len(seconds), "median_ms": statistics.median(seconds) * 1e3,
+            "first_call_ms": seconds[0] * 1e3,
+            "ms_per_epoch_after_first": sum(later) * 1e3 / max(config.epochs - 1, 1)}
+    for key, c in sorted(costs.items(), key=lambda kv: -kv[1]["ms_per_epoch_after_first"]):
+        if c["ms_per_epoch_after_first"] >= 0.5:
+            print(f"  {key:45s} {c['ms_per_epoch_after_first']:7.1f} ms per epoch "
+                  f"(median call {c['median_ms']:.2f} ms, first {c['first_call_ms']:.0f} ms)")
+    return {"steps_per_epoch": steps, "epochs": config.epochs, "hooks": costs,
+            "ms_per_epoch_after_first": sum(c["ms_per_epoch_after_first"] for c in costs.values())}
+
+
 def xla_vs_graph(args):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (args.batch_size, 32, 32, 3)).astype("float32")
@@ -163,6 +230,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--xla-steps", type=int, default=5)
     parser.add_argument("--xla-repeats", type=int, default=4)
+    parser.add_argument("--callbacks-only", action="store_true",
+                        help="time the recipe's callbacks only; keep the other parts of --out")
     parser.add_argument("--skip-xla", action="store_true",
                         help="measure part 1 only; keep part 2 from the existing --out")
     parser.add_argument("--out", default="docs/measurements/train_overhead.json")
@@ -170,6 +239,12 @@ def main(argv=None):
     from larq_l1inf import data as data_lib
 
     data = data_lib.load("fashion_mnist", train_size=args.train_size, test_size=100)
+    if args.callbacks_only:
+        with open(args.out) as f:
+            result = json.load(f)
+        result["callback_costs"] = {**callback_costs(args, data), "load_average_end": os.getloadavg()}
+        write_json(result, args.out)
+        return
     started = time.perf_counter()
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
@@ -177,6 +252,7 @@ def main(argv=None):
                     "tensorflow": tf.__version__,
                     "note": "ratios measured side by side; load_average tells how busy the machine was"},
         "recipe_vs_plain_fit": recipe_vs_plain(args, data),
+        "callback_costs": callback_costs(args, data),
     }
     if args.skip_xla:
         with open(args.out) as f:

@@ -329,3 +329,36 @@ def test_history_csv_without_validation_reads_as_numbers(tmp_path):
     path.write_text("epoch,accuracy,loss,val_accuracy,val_loss\n0,0.5,1.5,NA,NA\n1,0.75,1.0,NA,NA\n")
     assert training.read_history(str(path)) == {"accuracy": [0.5, 0.75], "loss": [1.5, 1.0]}
     assert training.read_history(str(tmp_path / "missing.csv")) == {}
+
+
+def _event_tags(log_dir):
+    """{subdirectory: {(tag, step)}} of the TensorBoard event files under `log_dir`."""
+    tags = {}
+    for path in tf.io.gfile.glob(os.path.join(str(log_dir), "*", "events*")):
+        sub = os.path.basename(os.path.dirname(path))
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.setdefault(sub, set()).add((value.tag, event.step))
+    return tags
+
+
+def test_epoch_tensorboard_writes_what_keras_writes_at_epoch_frequency(tmp_path):
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    logs = {}
+    for name, callback in (
+            ("keras", tf.keras.callbacks.TensorBoard(str(tmp_path / "keras"), update_freq="epoch",
+                                                     write_graph=False, profile_batch=0)),
+            ("epoch", training.EpochTensorBoard(str(tmp_path / "epoch")))):
+        tf.keras.utils.set_random_seed(0)
+        model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
+        model.compile("sgd", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y), verbose=0,
+                  callbacks=[callback])
+        logs[name] = _event_tags(tmp_path / name)
+    assert logs["epoch"] == logs["keras"]
+    assert ("epoch_loss", 1) in logs["epoch"]["train"] and ("epoch_loss", 1) in logs["epoch"]["validation"]
+    assert not training.EpochTensorBoard(str(tmp_path))._implements_train_batch_hooks()
+    with pytest.raises(ValueError, match="batch hooks"):
+        training.EpochTensorBoard(str(tmp_path), update_freq="batch")
