@@ -60,6 +60,10 @@ class EpochStarts(tf.keras.callbacks.Callback):
         return [float(g) / steps for g in gaps]
 
 
+def _steps_per_epoch(data, config):
+    return -(-data.splits["train"] // config.batch_size)
+
+
 def recipe_vs_plain(args, data):
     config = training.TrainConfig(backbone=args.backbone, width=args.width, dataset="fashion_mnist",
                                   regularizer="l1inf", epochs=args.epochs,
@@ -83,7 +87,7 @@ def recipe_vs_plain(args, data):
                               "sparse_categorical_crossentropy", metrics=["accuracy"])
                 model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, verbose=0,
                           callbacks=[timer])
-            steps = -(-data.splits["train"] // config.batch_size)
+            steps = _steps_per_epoch(data, config)
             (recipe if kind == "recipe" else plain).extend(timer.step_times(steps))
             print(f"repeat {repeat} {kind}: {[round(t * 1e3, 1) for t in timer.step_times(steps)]} ms/step",
                   flush=True)
@@ -162,7 +166,7 @@ def callback_costs(args, data):
             training.fit(config, data, out_dir=out, verbose=0)
     finally:
         shutil.rmtree(out)
-    steps = -(-data.splits["train"] // config.batch_size)
+    steps = _steps_per_epoch(data, config)
     costs = {}
     for (name, hook), seconds in sorted(_TimedCallbackList.times.items()):
         per_epoch = steps if "batch" in hook else 1
@@ -233,7 +237,7 @@ def main(argv=None):
     parser.add_argument("--callbacks-only", action="store_true",
                         help="time the recipe's callbacks only; keep the other parts of --out")
     parser.add_argument("--skip-xla", action="store_true",
-                        help="measure part 1 only; keep part 2 from the existing --out")
+                        help="measure parts 1 and 3 only; keep part 2 from the existing --out")
     parser.add_argument("--out", default="docs/measurements/train_overhead.json")
     args = parser.parse_args(argv)
     from larq_l1inf import data as data_lib

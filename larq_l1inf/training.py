@@ -734,20 +734,22 @@ class EpochTensorBoard(tf.keras.callbacks.TensorBoard):
 
     At `update_freq="epoch"` Keras's callback still calls `tf.summary.scalar` for every log
     after every batch, inside a record condition that is false: nothing is written, and it
-    cost 0.65 ms a step on 2 CPU cores (0.8% of a ResNet-20 BNN step at batch 64, more on
-    the small models this package trains). This callback writes what the parent writes at
-    that frequency, so it refuses the options that need the batch hooks.
+    cost 0.42 ms a step on 2 CPU cores (`benchmarks/train_overhead.py --callbacks-only`;
+    0.5% of a ResNet-20 BNN step at batch 64, more on the small models this package
+    trains). This callback writes what the parent writes at that frequency, so it refuses
+    the options that need the batch hooks.
     """
 
+    #: The settings under which Keras's TensorBoard does nothing after a batch.
+    EPOCH_ONLY = {"update_freq": "epoch", "write_graph": False, "profile_batch": 0,
+                  "write_steps_per_second": False}
+
     def __init__(self, log_dir="logs", **kwargs):
-        kwargs = {"update_freq": "epoch", "write_graph": False, "profile_batch": 0, **kwargs}
-        needs_batches = {"update_freq": "epoch", "write_graph": False, "profile_batch": 0,
-                         "write_steps_per_second": False}
-        wrong = {k: kwargs[k] for k, v in needs_batches.items() if k in kwargs and kwargs[k] != v}
+        wrong = {k: kwargs[k] for k, v in self.EPOCH_ONLY.items() if kwargs.get(k, v) != v}
         if wrong:
             raise ValueError(f"EpochTensorBoard writes epoch scalars only; {wrong} needs "
                              "the batch hooks: use tf.keras.callbacks.TensorBoard.")
-        super().__init__(log_dir, **kwargs)
+        super().__init__(log_dir, **{**self.EPOCH_ONLY, **kwargs})
 
     def _implements_train_batch_hooks(self):
         return False

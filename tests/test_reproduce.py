@@ -119,8 +119,8 @@ def test_recipe_quick_end_to_end(name, tmp_path, monkeypatch):
     recipe = reproduce.RECIPES[name]
     treatment, reference = recipe.comparisons[0]
     reproduce.run_recipe(name, quick=True, out_dir=str(tmp_path / "runs"),
-                                  results_dir=str(tmp_path / "results"),
-                                  overrides=tiny(name), arms=[treatment, reference])
+                         results_dir=str(tmp_path / "results"),
+                         overrides=tiny(name), arms=[treatment, reference])
     path = tmp_path / "results" / f"{name}_quick.json"
     written = json.loads(path.read_text())
     assert written["recipe"] == name and written["seeds"] == 2 and written["paired_check"]
